@@ -1,0 +1,194 @@
+"""`.beads-runner.toml`: the runner's configuration, validated before anything runs.
+
+Every error names the file, the key and what is allowed. Unknown keys are errors too: a typo
+that silently falls back to a default is the worst kind of configuration bug.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from beads_runner.errors import ConfigError
+
+CONFIG_FILE = ".beads-runner.toml"
+STATE_DIR = ".beads-runner"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'30m' → 1800.0. Plain numbers are seconds. Zero and negatives are refused."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
+    if seconds <= 0:
+        raise ValueError("a positive duration (\"30s\", \"5m\", \"1h\"); zero or negative is not allowed")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrackerConfig(_Section):
+    kind: Literal["bd", "jsonl"] = "bd"
+    command: str = "bd"
+    actor: str = Field("beads-runner", min_length=1)
+    path: str = ".beads/issues.jsonl"  # the jsonl tracker's file, relative to the repo
+    poll_interval: Duration = 5.0  # how often `start` asks for ready work (changes in .beads/ wake it sooner)
+    timeout: Duration = 60.0  # one bd call
+
+
+class AgentConfig(_Section):
+    kind: Literal["opencode", "command"] = "opencode"
+    command: str | None = None  # opencode: PATH, then node_modules/.bin/opencode. command: required.
+    args: list[str] = Field(default_factory=list)  # extra arguments for the executable
+    model: str = ""  # provider/model, passed as --model
+    timeout: Duration = 1800.0
+    stall_timeout: Duration = 300.0
+    env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
+
+    @field_validator("model")
+    @classmethod
+    def _model_shape(cls, value: str) -> str:
+        if value and "/" not in value:
+            raise ValueError('"provider/model", for example "anthropic/claude-sonnet-4-5"')
+        return value
+
+
+class RetryConfig(_Section):
+    attempts: int = Field(3, ge=1, le=20)  # tries in all, the first included
+    backoff: Duration = 1.0  # wait before the second try
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max: Duration = 30.0
+
+
+class EngineConfig(_Section):
+    kind: Literal["local", "hatchet"] = "local"
+    max_sessions: int = Field(3, ge=1, le=64)
+    max_runs: int = Field(8, ge=1, le=256)  # runs in flight at once (steps other than process)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    step_timeout: Duration = 3600.0  # check-deps and commit; process uses agent.timeout, verify the gates'
+    sessions_per_minute: int | None = Field(None, ge=1)  # hatchet: rate limit on session starts
+    grace_period: Duration = 30.0  # on SIGTERM, how long running sessions may go on before being stopped
+
+
+class LandConfig(_Section):
+    target: str = Field("main", min_length=1)
+    push: bool = False  # also push the target to `remote` (many machines)
+    remote: str = "origin"
+
+
+class GateConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    run: str = Field(min_length=1)
+    timeout: Duration = 600.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("run")
+    @classmethod
+    def _splittable(cls, value: str) -> str:
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"a command line that splits like a shell would ({exc})") from exc
+        if not argv:
+            raise ValueError("a non-empty command line")
+        return value
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.run)
+
+
+class Config(_Section):
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    land: LandConfig = Field(default_factory=LandConfig)
+    gates: list[GateConfig] = Field(default_factory=list)
+
+    @field_validator("gates")
+    @classmethod
+    def _unique_gate_names(cls, gates: list[GateConfig]) -> list[GateConfig]:
+        names = [g.name for g in gates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"gate names must be unique; repeated: {', '.join(dupes)}")
+        return gates
+
+
+def _key_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """('gates', 0, 'timeout') → 'gates[0].timeout' (named by the gate when it has a name)."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) and isinstance(
+                node[item], dict) else None
+            parts[-1] = f"{parts[-1]}[{item}]" + (f" ({name!r})" if name else "")
+        else:
+            parts.append(str(item))
+        try:
+            node = node[item]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts)
+
+
+def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+    key = _key_path(tuple(error["loc"]), data)
+    if error["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in error["loc"][:-1] if not isinstance(p, int)) or "top level"
+        return f"{key}: unknown key (not a setting of [{section}]; check its spelling in the README)"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    if error["type"] == "literal_error":
+        message = message.replace("Input should be", "must be")
+    elif error["type"] == "value_error":
+        message = f"must be {message}"
+    return f"{key}: {message}{shown}"
+
+
+def validate_config(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e, data) for e in exc.errors()]
+        raise ConfigError(
+            f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems),
+            fix=f"edit {source} (`beads-runner init --print` shows every key with its default)",
+        ) from None
+
+
+def load_config(repo: Path) -> Config:
+    """Read `<repo>/.beads-runner.toml`; a missing file means all defaults."""
+    path = repo / CONFIG_FILE
+    if not path.exists():
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", fix=f"make {path} a readable UTF-8 file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", fix=f"correct the syntax of {path}") from None
+    return validate_config(data, str(path))

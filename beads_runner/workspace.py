@@ -1,0 +1,283 @@
+"""Git: one worktree and branch per issue, one commit with trailers, landing on the target branch.
+
+Git owns the work. Every operation here is idempotent, so a step re-run after a crash finds
+what was already done (the worktree with the agent's edits, the commit carrying the issue's
+trailer, the target already containing it) and goes on from there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+from filelock import FileLock
+
+from beads_runner.errors import GitError
+from beads_runner.ids import require_safe_issue_id
+
+BRANCH_PREFIX = "beads-runner/"
+# Paths the runner never commits: the tracker's own files and the runner's state.
+NEVER_COMMIT = (".beads", ".beads-runner")
+_FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "beads-runner", "GIT_AUTHOR_EMAIL": "beads-runner@localhost",
+                      "GIT_COMMITTER_NAME": "beads-runner", "GIT_COMMITTER_EMAIL": "beads-runner@localhost"}
+
+
+class LandingRefused(GitError):
+    """Landing cannot happen without a person (dirty target checkout, rebase conflict)."""
+
+
+@dataclass(frozen=True)
+class Landed:
+    sha: str
+    target: str
+    already: bool  # the target already had it (a re-run after a crash)
+    rebased: bool
+
+
+def trailer_message(title: str, issue_id: str, body: str, trailers: dict[str, str]) -> str:
+    """`<title> (<id>)`, a body, then `Key: value` trailers; newlines in values are flattened."""
+    subject = " ".join(f"{title} ({issue_id})".split())
+    lines = [subject, ""]
+    if body.strip():
+        lines += [body.strip(), ""]
+    lines += [f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Workspace:
+    """The repository the runner works on, seen through the target branch."""
+
+    # Worktree add/remove touch shared files under .git: one at a time per process (and the
+    # file lock below for other processes).
+    _admin_lock = threading.Lock()
+
+    def __init__(self, repo_root: Path, target: str = "main", state_dir: Path | None = None):
+        self.root = Path(repo_root).resolve()
+        try:
+            self.repo = git.Repo(self.root)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise GitError(f"{self.root} is not a git repository",
+                           fix=f"run beads-runner inside a git repository (or `git init {self.root}`)") from None
+        self.target = target
+        self.state_dir = state_dir or self.root / ".beads-runner"
+        self.worktrees_dir = self.state_dir / "worktrees"
+        self._env = self._identity_env()
+
+    # --- names -----------------------------------------------------------------------------
+    def branch(self, issue_id: str) -> str:
+        return BRANCH_PREFIX + require_safe_issue_id(issue_id)
+
+    def worktree_path(self, issue_id: str) -> Path:
+        return self.worktrees_dir / require_safe_issue_id(issue_id)
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _identity_env(self) -> dict[str, str]:
+        """Use the user's git identity; fall back to the runner's own only where none is set."""
+        reader = self.repo.config_reader()
+        env = {}
+        if not reader.has_option("user", "name") and "GIT_AUTHOR_NAME" not in os.environ:
+            env.update({k: v for k, v in _FALLBACK_IDENTITY.items() if k.endswith("NAME")})
+        if not reader.has_option("user", "email") and "GIT_AUTHOR_EMAIL" not in os.environ:
+            env.update({k: v for k, v in _FALLBACK_IDENTITY.items() if k.endswith("EMAIL")})
+        return env
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure."""
+        g = git.Git(str(cwd or self.root))
+        try:
+            return g.execute(["git", *args], env=self._env or None)
+        except git.GitCommandError as exc:
+            detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
+            raise GitError(f"git {' '.join(args[:3])} failed: {detail}") from None
+
+    def _admin(self) -> FileLock:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.state_dir / "git-admin.lock"))
+
+    def rev(self, ref: str) -> str | None:
+        try:
+            return self.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        except GitError:
+            return None
+
+    def check_target(self) -> str:
+        sha = self.rev(f"refs/heads/{self.target}")
+        if sha is None:
+            raise GitError(f"the target branch {self.target!r} does not exist in {self.root}",
+                           fix=f"create it (git branch {self.target}) or set [land] target in .beads-runner.toml")
+        return sha
+
+    # --- worktrees -------------------------------------------------------------------------
+    def ensure_worktree(self, issue_id: str) -> Path:
+        """The issue's worktree on its branch, created from the target if new. An existing one is
+        reused as it is: an interrupted attempt's edits are the next attempt's starting point."""
+        path = self.worktree_path(issue_id)
+        branch = self.branch(issue_id)
+        with self._admin_lock, self._admin():
+            if (path / ".git").exists() and self._worktree_branch(path) == branch:
+                return path
+            self.git("worktree", "prune")
+            self.worktrees_dir.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not any(path.iterdir()):
+                path.rmdir()
+            if path.exists():
+                raise GitError(f"{path} exists but is not the worktree of {branch}",
+                               fix=f"move it away (it may hold work), then run again: mv {path} {path}.old")
+            if self.rev(f"refs/heads/{branch}"):
+                self.git("worktree", "add", str(path), branch)
+            else:
+                self.check_target()
+                self.git("worktree", "add", "-b", branch, str(path), self.target)
+        return path
+
+    def _worktree_branch(self, path: Path) -> str | None:
+        try:
+            return self.git("symbolic-ref", "--short", "HEAD", cwd=path)
+        except GitError:
+            return None
+
+    def remove_worktree(self, issue_id: str, delete_branch: bool = True) -> None:
+        path = self.worktree_path(issue_id)
+        with self._admin_lock, self._admin():
+            if path.exists():
+                self.git("worktree", "remove", "--force", str(path))
+            self.git("worktree", "prune")
+            branch = self.branch(issue_id)
+            if delete_branch and self.rev(f"refs/heads/{branch}"):
+                # -d, not -D: only a branch the target contains is deleted; anything else stays.
+                try:
+                    self.git("branch", "-d", branch)
+                except GitError:
+                    pass
+
+    # --- inspecting the work ---------------------------------------------------------------
+    def changed_files(self, issue_id: str) -> list[str]:
+        """Files the issue's work changes relative to the target: committed or not, tracked or new."""
+        path = self.worktree_path(issue_id)
+        base = self.git("merge-base", "HEAD", self.target, cwd=path)
+        names = set(filter(None, self.git("diff", "--name-only", base, cwd=path).splitlines()))
+        names |= set(filter(None, self.git("ls-files", "--others", "--exclude-standard", cwd=path).splitlines()))
+        return sorted(n for n in names if not _never_commit(n))
+
+    def has_changes(self, issue_id: str) -> bool:
+        return bool(self.changed_files(issue_id))
+
+    def find_commit(self, issue_id: str, ref: str, since: str | None = None) -> str | None:
+        """The newest commit on `ref` (after `since`) whose `Beads-Issue` trailer is this issue."""
+        rng = f"{since}..{ref}" if since else ref
+        out = self.git("log", rng, "--format=%H%x00%(trailers:key=Beads-Issue,valueonly,separator=%x2C)")
+        for line in out.splitlines():
+            sha, _, ids = line.partition("\x00")
+            if issue_id in (i.strip() for i in ids.split(",")):
+                return sha
+        return None
+
+    # --- commit ----------------------------------------------------------------------------
+    def commit(self, issue_id: str, message: str) -> str:
+        """One commit on the issue branch holding all of the agent's work, then HEAD's sha.
+
+        If the agent committed on its own, its commits are folded into this one, so the target
+        receives exactly one commit per issue. Re-running after a crash finds the commit made."""
+        path = self.worktree_path(issue_id)
+        base = self.git("merge-base", "HEAD", self.target, cwd=path)
+        head = self.git("rev-parse", "HEAD", cwd=path)
+        if head != base and self.find_commit(issue_id, "HEAD", since=base) == head and not self._dirty(path):
+            return head  # already committed (a re-run)
+        if head != base:
+            self.git("reset", "--soft", base, cwd=path)
+        self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path)
+        if not self.git("diff", "--cached", "--name-only", cwd=path):
+            raise GitError(f"nothing to commit for {issue_id}: the work has no changes outside "
+                           f"{', '.join(NEVER_COMMIT)}")
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".msg", dir=self.state_dir,
+                                         delete=False) as fh:
+            fh.write(message)
+        try:
+            self.git("commit", "--no-verify", "-q", "--cleanup=verbatim", "-F", fh.name, cwd=path)
+        finally:
+            os.unlink(fh.name)
+        return self.git("rev-parse", "HEAD", cwd=path)
+
+    def _dirty(self, path: Path) -> bool:
+        out = self.git("status", "--porcelain", "--untracked-files=all", cwd=path)
+        return any(not _never_commit(line[3:]) for line in out.splitlines())
+
+    # --- landing ---------------------------------------------------------------------------
+    def land(self, issue_id: str, regate: Callable[[Path], tuple[bool, str]] | None = None) -> Landed:
+        """Put the issue branch's commit on the target, fast-forward only, under the landing lock.
+
+        If the target moved since the branch was made, the branch is rebased and `regate`
+        (the quality gates) runs again on the result before the target moves. A checkout of the
+        target with uncommitted changes is never touched: landing is refused and the branch kept."""
+        path = self.worktree_path(issue_id)
+        branch = self.branch(issue_id)
+        with FileLock(str(self._lock_path("land.lock"))):
+            landed = self.find_commit(issue_id, f"refs/heads/{self.target}")
+            if landed:
+                return Landed(landed, self.target, already=True, rebased=False)
+            target_sha = self.check_target()
+            rebased = False
+            if self.git("merge-base", branch, self.target) != target_sha:
+                try:
+                    self.git("rebase", "-q", self.target, cwd=path)
+                except GitError as exc:
+                    try:
+                        self.git("rebase", "--abort", cwd=path)
+                    except GitError:
+                        pass
+                    raise LandingRefused(
+                        f"{branch} does not rebase cleanly onto {self.target}: {exc.message}",
+                        fix=f"resolve it by hand in {path} (git rebase {self.target}), then land it",
+                    ) from None
+                rebased = True
+                if regate is not None:
+                    passed, summary = regate(path)
+                    if not passed:
+                        raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
+                                             fix=f"fix the branch {branch} in {path}")
+            sha = self.git("rev-parse", branch)
+            self._fast_forward(sha, target_sha)
+            return Landed(sha, self.target, already=False, rebased=rebased)
+
+    def _lock_path(self, name: str) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir / name
+
+    def _target_checkout(self) -> Path | None:
+        """The worktree that has the target branch checked out, if any."""
+        out = self.git("worktree", "list", "--porcelain")
+        current: Path | None = None
+        for line in out.splitlines():
+            if line.startswith("worktree "):
+                current = Path(line.removeprefix("worktree "))
+            elif line == f"branch refs/heads/{self.target}":
+                return current
+        return None
+
+    def _fast_forward(self, sha: str, expected_old: str) -> None:
+        checkout = self._target_checkout()
+        if checkout is None:
+            # Compare-and-swap: fails if someone else moved the target in the meantime.
+            self.git("update-ref", f"refs/heads/{self.target}", sha, expected_old)
+            return
+        dirty = [line[3:] for line in self.git("status", "--porcelain", "--untracked-files=no",
+                                                cwd=checkout).splitlines()
+                 if not _never_commit(line[3:])]
+        if dirty:
+            raise LandingRefused(
+                f"the checkout of {self.target} at {checkout} has uncommitted changes "
+                f"({', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}); it was not touched",
+                fix=f"commit or stash them, then the next attempt lands {sha[:10]}",
+            )
+        self.git("merge", "--ff-only", "-q", sha, cwd=checkout)
+
+
+def _never_commit(path: str) -> bool:
+    path = path.strip().strip('"')
+    return any(path == p or path.startswith(p + "/") for p in NEVER_COMMIT)
+

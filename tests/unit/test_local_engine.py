@@ -1,0 +1,210 @@
+"""The embedded engine on toy workflows: DAG order, retries with backoff, the cap, resume, failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from workflows.local import LocalEngine
+from workflows.spec import RetryPolicy, StepFailed, StepSpec, WorkflowSpec
+
+
+class Inp(BaseModel):
+    key: str
+    fail_times: int = 0
+    retryable: bool = True
+    sleep: float = 0.0
+
+
+class Out(BaseModel):
+    value: str
+
+
+calls: list[tuple[str, str, int]] = []
+lock = threading.Lock()
+active = {"now": 0, "max": 0}
+failures: list[tuple[str, str, str, int]] = []
+
+
+def _step(name):
+    def fn(inp: Inp, ctx) -> Out:
+        with lock:
+            calls.append((inp.key, name, ctx.attempt))
+        if name == "b":
+            with lock:
+                active["now"] += 1
+                active["max"] = max(active["max"], active["now"])
+            try:
+                deadline = time.monotonic() + inp.sleep
+                while time.monotonic() < deadline and not ctx.cancel.is_set():
+                    time.sleep(0.01)
+            finally:
+                with lock:
+                    active["now"] -= 1
+            if ctx.cancel.is_set():
+                raise StepFailed("cancelled")
+            if ctx.attempt <= inp.fail_times:
+                raise StepFailed(f"b fails on attempt {ctx.attempt}", retryable=inp.retryable, detail="tail")
+        parent = ctx.parent({"b": "a", "c": "b"}[name]).value if name != "a" else ""
+        return Out(value=parent + name)
+
+    return fn
+
+
+def make_flow():
+    return WorkflowSpec(
+        name="toy",
+        input=Inp,
+        steps=(
+            StepSpec("a", _step("a"), Out),
+            StepSpec("b", _step("b"), Out, parents=("a",), concurrency_key="slot"),
+            StepSpec("c", _step("c"), Out, parents=("b",)),
+        ),
+        on_failure=lambda inp, run_id, step, err, attempts: failures.append((inp.key, step, err.reason, attempts)),
+        key=lambda inp: inp.key,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    calls.clear()
+    failures.clear()
+    active.update(now=0, max=0)
+
+
+def engine(tmp_path, **kw):
+    kw.setdefault("retry", RetryPolicy(attempts=3, backoff=0.05, factor=2.0, max_backoff=1.0))
+    return LocalEngine(tmp_path / "state.db", make_flow(), **kw)
+
+
+def test_steps_run_in_dag_order_and_outputs_flow_to_children(tmp_path):
+    eng = engine(tmp_path)
+    eng.start()
+    try:
+        run_id, created = eng.submit(Inp(key="k1"))
+        view = eng.wait(run_id, timeout=10)
+    finally:
+        eng.stop()
+    assert created
+    assert view.status == "succeeded"
+    assert [c[1] for c in calls] == ["a", "b", "c"]
+    assert view.outcome == {"value": "abc"}
+    assert [s.status for s in view.steps] == ["succeeded"] * 3
+
+
+def test_one_active_run_per_key(tmp_path):
+    eng = engine(tmp_path)
+    first, created1 = eng.submit(Inp(key="same"))
+    second, created2 = eng.submit(Inp(key="same"))
+    assert (created1, created2) == (True, False)
+    assert first == second
+
+
+def test_retryable_failure_is_retried_with_backoff_then_succeeds(tmp_path):
+    eng = engine(tmp_path)
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="flaky", fail_times=2))
+        view = eng.wait(run_id, timeout=10)
+    finally:
+        eng.stop()
+    assert view.status == "succeeded"
+    assert [c for c in calls if c[1] == "b"] == [("flaky", "b", 1), ("flaky", "b", 2), ("flaky", "b", 3)]
+    attempts = [a for a in eng.attempts(run_id) if a["step"] == "b"]
+    assert [a["status"] for a in attempts] == ["failed", "failed", "succeeded"]
+    gaps = [attempts[i + 1]["started_at"] - attempts[i]["finished_at"] for i in range(2)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1  # 0.05 s, then doubled
+
+
+def test_exhausted_retries_fail_the_run_and_call_the_failure_handler_once(tmp_path):
+    eng = engine(tmp_path)
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="doomed", fail_times=99))
+        view = eng.wait(run_id, timeout=10)
+    finally:
+        eng.stop()
+    assert view.status == "failed"
+    assert view.failed_step == "b"
+    assert failures == [("doomed", "b", "b fails on attempt 3", 3)]
+    assert not [c for c in calls if c[1] == "c"]
+
+
+def test_non_retryable_failure_stops_at_once(tmp_path):
+    eng = engine(tmp_path)
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="fatal", fail_times=99, retryable=False))
+        view = eng.wait(run_id, timeout=10)
+    finally:
+        eng.stop()
+    assert view.status == "failed"
+    assert [c for c in calls if c[1] == "b"] == [("fatal", "b", 1)]
+    assert failures[0][3] == 1
+
+
+def test_concurrency_cap_holds_and_is_filled(tmp_path):
+    eng = engine(tmp_path, max_sessions=3, workers=8)
+    eng.start()
+    try:
+        ids = [eng.submit(Inp(key=f"k{i}", sleep=0.4))[0] for i in range(7)]
+        views = [eng.wait(r, timeout=20) for r in ids]
+    finally:
+        eng.stop()
+    assert all(v.status == "succeeded" for v in views)
+    assert active["max"] == 3
+
+
+def test_step_timeout_cancels_and_counts_as_a_failed_attempt(tmp_path):
+    eng = engine(tmp_path, step_timeouts={"b": 0.2}, retry=RetryPolicy(attempts=2, backoff=0.01))
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="slow", sleep=30))
+        view = eng.wait(run_id, timeout=15)
+    finally:
+        eng.stop()
+    assert view.status == "failed"
+    assert "timed out" in view.error
+    assert len([c for c in calls if c[1] == "b"]) == 2
+
+
+def test_stop_interrupts_without_spending_an_attempt_and_a_new_engine_resumes(tmp_path):
+    eng = engine(tmp_path)
+    eng.start()
+    run_id, _ = eng.submit(Inp(key="resume", sleep=30))
+    deadline = time.monotonic() + 10
+    while eng.sessions_in_use("slot") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    eng.stop(grace=0.1)
+    step_b = next(s for s in eng.get_run(run_id).steps if s.name == "b")
+    assert (step_b.status, step_b.attempt) == ("pending", 0)
+
+    calls.clear()
+    resumed = LocalEngine(tmp_path / "state.db", make_flow(), retry=RetryPolicy(backoff=0.01))
+    resumed.start()
+    try:
+        view = resumed.wait(run_id, timeout=2)
+        assert view.status == "running"  # b is running again (it sleeps 30 s)
+        assert [c[1] for c in calls] == ["b"]  # a was not run again
+    finally:
+        resumed.stop()
+
+
+def test_orphaned_step_of_a_dead_owner_is_resumed(tmp_path):
+    eng = engine(tmp_path)
+    run_id, _ = eng.submit(Inp(key="orphan"))
+    db = eng._conn()
+    # Simulate a runner that died while holding step a: a pid that does not exist, lease in the future.
+    db.execute("UPDATE steps SET status='running', attempt=1, owner=?, lease_until=? WHERE run_id=? AND name='a'",
+               (f"{__import__('socket').gethostname()}:999999:dead", time.time() + 3600, run_id))
+    eng.start()
+    try:
+        view = eng.wait(run_id, timeout=10)
+    finally:
+        eng.stop()
+    assert view.status == "succeeded"
+    a = next(s for s in view.steps if s.name == "a")
+    assert a.attempt == 1  # the interrupted attempt was not counted

@@ -1,0 +1,245 @@
+"""The task workflow, written once: check-deps → process → verify → commit.
+
+Plain functions over pydantic models. Each engine (embedded or Hatchet) runs these very
+functions with the policies in `TASK_FLOW`. Every step is idempotent: re-run after a crash it
+finds what was already done and goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from beads_runner.agent.base import SessionRequest, TokenUsage
+from beads_runner.errors import RunnerError, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.ids import require_safe_issue_id
+from beads_runner.prompt import load_template, render_prompt
+from beads_runner.services import Services, services_for
+from beads_runner.tracker.base import Issue
+from beads_runner.workspace import LandingRefused, trailer_message
+from quality_gates import SuiteReport, run_suite
+from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
+
+WORKFLOW_NAME = "beads-task-execution"
+SESSION_KEY = "opencode"  # the concurrency key every agent session shares
+
+
+class TaskInput(BaseModel):
+    issue_id: str
+    repo: str  # absolute path of the repository (on the machine running the step)
+
+
+class CheckDepsOutput(BaseModel):
+    proceed: bool
+    reason: str = ""
+    issue: Issue | None = None
+
+
+class ProcessOutput(BaseModel):
+    skipped: bool = False
+    session_id: str | None = None
+    summary: str = ""
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    cost: float = 0.0
+    duration_s: float = 0.0
+    changed_files: list[str] = Field(default_factory=list)
+    worktree: str = ""
+    branch: str = ""
+
+
+class VerifyOutput(BaseModel):
+    skipped: bool = False
+    report: SuiteReport = Field(default_factory=SuiteReport)
+
+
+class CommitOutput(BaseModel):
+    skipped: bool = False
+    reason: str = ""  # why skipped
+    sha: str = ""
+    target: str = ""
+    close_reason: str = ""
+    rebased: bool = False
+    already_landed: bool = False
+
+
+def _services(inp: TaskInput) -> Services:
+    return services_for(inp.repo)
+
+
+def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
+    """Turn the runner's own errors into StepFailed with the right retry decision."""
+
+    @functools.wraps(fn)
+    def wrapper(inp: TaskInput, ctx: StepContext) -> BaseModel:
+        try:
+            return fn(inp, ctx)
+        except StepFailed:
+            raise
+        except UnsafeIdError as exc:
+            raise StepFailed(exc.message, retryable=False) from exc
+        except TrackerBusy as exc:
+            raise StepFailed(f"tracker busy: {exc.message}", retryable=True) from exc
+        except LandingRefused as exc:
+            raise StepFailed(exc.message, retryable=False, detail=exc.fix or "") from exc
+        except TrackerError as exc:
+            raise StepFailed(f"tracker: {exc.message}", retryable=exc.retryable) from exc
+        except RunnerError as exc:
+            # Git and agent problems: a lock left behind, a transient failure; a retry may help.
+            raise StepFailed(exc.message, retryable=True, detail=exc.fix or "") from exc
+
+    return wrapper
+
+
+@_as_step_failure
+def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
+    """Re-read the issue and its blockers and hold the claim; stop (not fail) if it is not ours to do."""
+    require_safe_issue_id(inp.issue_id)
+    svc = _services(inp)
+    tracker = svc.tracker
+    issue = tracker.show(inp.issue_id)
+    mine = issue.status == "in_progress" and issue.assignee == tracker.actor
+    if not mine:
+        if issue.status == "open" and issue.assignee in ("", tracker.actor):
+            issue = tracker.claim(inp.issue_id)
+        else:
+            holder = f", assignee {issue.assignee}" if issue.assignee else ""
+            ctx.log("not ours", status=issue.status, assignee=issue.assignee)
+            return CheckDepsOutput(proceed=False, reason=f"issue is {issue.status}{holder}; not ours to work on")
+    if issue.open_blockers:
+        names = ", ".join(f"{b.id} ({b.status or 'unknown'})" for b in issue.open_blockers)
+        tracker.release(inp.issue_id)
+        ctx.log("blocked, released", blockers=names)
+        return CheckDepsOutput(proceed=False, reason=f"blocked by {names}; released")
+    if not issue.is_work:
+        tracker.release(inp.issue_id)
+        return CheckDepsOutput(proceed=False, reason=f"a {issue.issue_type} is not implemented by an agent")
+    return CheckDepsOutput(proceed=True, issue=issue)
+
+
+@_as_step_failure
+def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
+    """One agent session in the issue's own worktree. Its edits stay there whatever happens."""
+    deps: CheckDepsOutput = ctx.parent("check-deps")
+    if not deps.proceed or deps.issue is None:
+        return ProcessOutput(skipped=True)
+    svc = _services(inp)
+    ws = svc.workspace
+    issue = deps.issue
+    worktree = ws.ensure_worktree(issue.id)
+    prompt = render_prompt(issue, load_template(svc.state_dir), ws.target)
+    request = SessionRequest(
+        issue_id=issue.id, prompt=prompt, workdir=worktree,
+        title=f"{issue.id}: {issue.title}"[:120],
+        log_path=svc.run_dir(ctx.run_id) / f"agent-{ctx.attempt}.ndjson",
+    )
+    ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt)
+    result = svc.agent.run(request, cancel=ctx.cancel, on_event=None)
+    ctx.note(session_id=result.session_id, tokens=result.tokens.total, cost=result.cost,
+             duration_s=round(result.duration_s, 3), ok=result.ok, reason=result.reason)
+    ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
+            tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
+    if not result.ok:
+        # A cancelled session (shutdown, step timeout) is always worth another attempt later.
+        raise StepFailed(f"agent session failed: {result.reason}", retryable=result.retryable or result.cancelled,
+                         detail=result.output_tail or result.summary)
+    changed = ws.changed_files(issue.id)
+    if not changed:
+        raise StepFailed("the agent session ended without changing any file", retryable=True,
+                         detail=result.summary)
+    return ProcessOutput(
+        session_id=result.session_id, summary=result.summary, tokens=result.tokens, cost=result.cost,
+        duration_s=result.duration_s, changed_files=changed, worktree=str(worktree), branch=ws.branch(issue.id),
+    )
+
+
+@_as_step_failure
+def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
+    """Run every quality gate in the worktree. The agent's own claims count for nothing."""
+    proc: ProcessOutput = ctx.parent("process")
+    if proc.skipped:
+        return VerifyOutput(skipped=True)
+    svc = _services(inp)
+    report = run_suite(svc.gates, svc.workspace.ensure_worktree(inp.issue_id), cancel=ctx.cancel,
+                       log_dir=svc.run_dir(ctx.run_id))
+    ctx.log("gates run", passed=report.passed, gates=report.trailer())
+    if not report.passed:
+        raise StepFailed(f"quality gates failed: {report.summary()}", retryable=False, detail=report.render_text())
+    return VerifyOutput(report=report)
+
+
+@_as_step_failure
+def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
+    """Commit with trailers, land on the target, close the issue, remove the worktree."""
+    deps: CheckDepsOutput = ctx.parent("check-deps")
+    proc: ProcessOutput = ctx.parent("process")
+    ver: VerifyOutput = ctx.parent("verify")
+    if proc.skipped or deps.issue is None:
+        return CommitOutput(skipped=True, reason=deps.reason)
+    svc = _services(inp)
+    ws, tracker, issue = svc.workspace, svc.tracker, deps.issue
+    gates = ver.report.trailer()
+    agent = svc.agent
+    message = trailer_message(issue.title or "(no title)", issue.id, proc.summary, {
+        "Beads-Issue": issue.id,
+        "Beads-Run": ctx.run_id,
+        "Agent": f"{agent.name} {agent.model}".strip(),
+        "Gates": gates,
+    })
+    if ws.find_commit(issue.id, f"refs/heads/{ws.target}") is None:
+        ws.commit(issue.id, message)
+
+    def regate(path) -> tuple[bool, str]:
+        report = run_suite(svc.gates, path, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        ctx.log("re-gated after rebase", passed=report.passed, gates=report.trailer())
+        return report.passed, report.summary()
+
+    landed = ws.land(issue.id, regate=regate)
+    ctx.log("landed", sha=landed.sha, target=landed.target, rebased=landed.rebased, already=landed.already)
+    reason = f"Landed {landed.sha[:8]} on {landed.target} (gates: {gates})"
+    # Close only now that the target contains the commit; a closed issue is not closed twice.
+    if tracker.show(issue.id).status != "closed":
+        tracker.close(issue.id, reason)
+    ws.remove_worktree(issue.id)
+    return CommitOutput(sha=landed.sha, target=landed.target, close_reason=reason, rebased=landed.rebased,
+                        already_landed=landed.already)
+
+
+def on_failure(inp: TaskInput, run_id: str, step: str, error: StepFailed, attempts: int) -> None:
+    """After the last attempt: keep the branch, say why on the issue, and hand it to a person."""
+    svc = _services(inp)
+    try:
+        branch = svc.workspace.branch(inp.issue_id)
+        where = svc.workspace.worktree_path(inp.issue_id)
+    except UnsafeIdError:
+        return  # never touch an issue whose id cannot be used safely
+    detail = error.detail.strip()
+    if len(detail) > 3000:
+        detail = "…" + detail[-3000:]
+    text = (
+        f"beads-runner run {run_id} failed at step {step} after {attempts} attempt(s): {error.reason}\n\n"
+        f"The branch {branch} and its worktree {where} are kept with the work so far.\n"
+        f"Set the issue back to open (and remove the needs-human label) to let the runner try again."
+    )
+    if detail:
+        text += f"\n\nLast output:\n```\n{detail}\n```"
+    svc.tracker.comment(inp.issue_id, text)
+    svc.tracker.hand_to_human(inp.issue_id)
+
+
+TASK_FLOW = WorkflowSpec(
+    name=WORKFLOW_NAME,
+    input=TaskInput,
+    steps=(
+        StepSpec("check-deps", check_deps, CheckDepsOutput),
+        StepSpec("process", process, ProcessOutput, parents=("check-deps",),
+                 timeout=lambda config: config.agent.timeout + 60, concurrency_key=SESSION_KEY),
+        StepSpec("verify", verify, VerifyOutput, parents=("process",),
+                 timeout=lambda config: sum(g.timeout for g in config.gates) + 60),
+        StepSpec("commit", commit, CommitOutput, parents=("verify",),
+                 timeout=lambda config: config.engine.step_timeout),
+    ),
+    on_failure=on_failure,
+    key=lambda inp: inp.issue_id,
+)
