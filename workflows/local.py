@@ -302,6 +302,13 @@ class LocalEngine:
             t.join(timeout=5)
         self._threads.clear()
 
+    def cancel_running(self) -> None:
+        """Cancel every step running here now (a second SIGINT); they go back to pending."""
+        self._draining = True
+        with self._running_lock:
+            for ctx in self._running.values():
+                ctx.cancel.set()
+
     def running_steps(self) -> int:
         with self._running_lock:
             return len(self._running)

@@ -1,0 +1,286 @@
+"""The `beads-runner` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from beads_runner import __version__
+from beads_runner.config import load_config
+from beads_runner.errors import RunnerError
+from beads_runner.logs import configure_logging
+from beads_runner.services import Services, register_services
+
+
+def _repo_root(path: str | None) -> Path:
+    """The repository: --repo, else the git toplevel of the cwd, else the cwd."""
+    start = Path(path or os.getcwd()).resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return start
+
+
+def _services(ctx: click.Context) -> Services:
+    obj = ctx.obj
+    if "services" not in obj:
+        repo = obj["repo"]
+        obj["services"] = register_services(Services(repo, load_config(repo)))
+    return obj["services"]
+
+
+class _Group(click.Group):
+    """Prints RunnerErrors as `error: … / fix: …` with exit status 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RunnerError as exc:
+            click.echo(f"error: {exc.render()}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="beads-runner")
+@click.option("--repo", type=click.Path(file_okay=False), default=None,
+              help="The repository (default: the git repository of the current directory).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug output.")
+@click.pass_context
+def main(ctx: click.Context, repo: str | None, verbose: bool) -> None:
+    """Turn ready beads issues into landed, gated commits written by OpenCode."""
+    ctx.ensure_object(dict)
+    ctx.obj["repo"] = _repo_root(repo)
+    ctx.obj["verbose"] = verbose
+
+
+# --- init / doctor ------------------------------------------------------------------------------
+@main.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
+@click.option("--print", "print_only", is_flag=True, help="Print the configuration instead of writing it.")
+@click.pass_context
+def init(ctx: click.Context, force: bool, print_only: bool) -> None:
+    """Write a commented .beads-runner.toml and ignore .beads-runner/ in git."""
+    from beads_runner.init import init_repo, render_config
+
+    repo: Path = ctx.obj["repo"]
+    if print_only:
+        click.echo(render_config(repo), nl=False)
+        return
+    for line in init_repo(repo, force=force):
+        click.echo(line)
+
+
+@main.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check git, the tracker, the agent, the config and the engine; say how to fix each problem."""
+    from beads_runner.doctor import run_checks
+
+    checks = run_checks(ctx.obj["repo"])
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok  " if c.ok else "FAIL"
+        click.echo(f"[{mark}] {c.name.ljust(width)}  {c.detail}")
+        if not c.ok and c.fix:
+            click.echo(f"       {' ' * width}  fix: {c.fix}")
+    sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
+# --- running ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--once", is_flag=True, help="Work until nothing is ready or running, then exit (1 if a run failed).")
+@click.option("--dry-run", is_flag=True, help="Show what would be claimed and the prompt; change nothing.")
+@click.option("--poll-interval", type=float, default=None, help="Seconds between polls (default: config).")
+@click.pass_context
+def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | None) -> None:
+    """Poll the tracker, claim ready issues and run them through the workflow."""
+    svc = _services(ctx)
+    if dry_run:
+        _dry_run(svc)
+        return
+    if svc.config.engine.kind == "hatchet":
+        from workflows.hatchet import start_with_hatchet
+
+        sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
+    from beads_runner.daemon import Runner
+
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
+    _preflight(svc)
+    runner = Runner(svc)
+    _install_signal_handlers(runner)
+    sys.exit(runner.run(once=once, poll_interval=poll_interval))
+
+
+def _preflight(svc: Services) -> None:
+    """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
+    svc.workspace.check_target()
+    svc.tracker.version()
+    resolve = getattr(svc.agent, "resolve_executable", None)
+    if resolve is not None:
+        resolve()
+
+
+def _install_signal_handlers(runner) -> None:
+    state = {"count": 0}
+
+    def handler(signum, _frame):
+        state["count"] += 1
+        if state["count"] == 1:
+            click.echo(f"\n{signal.Signals(signum).name}: no new claims; running sessions get "
+                       f"{runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)", err=True)
+            runner.request_stop()
+        else:
+            click.echo("stopping now; unfinished runs resume at the next start", err=True)
+            runner.engine.cancel_running()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _dry_run(svc: Services) -> None:
+    from beads_runner.ids import is_safe_issue_id
+    from beads_runner.prompt import load_template, render_prompt
+
+    issues = svc.tracker.ready()
+    cap = svc.config.engine.max_sessions
+    if not issues:
+        click.echo("nothing is ready")
+        return
+    click.echo(f"{len(issues)} ready; would claim up to {cap} now (nothing was changed):")
+    template = load_template(svc.state_dir)
+    for n, issue in enumerate(issues):
+        if not is_safe_issue_id(issue.id):
+            click.echo(f"  REFUSED {issue.id!r}: not safe as a branch and path name")
+            continue
+        mark = "claim" if n < cap else "later"
+        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {issue.title}")
+    first = next((i for i in issues if is_safe_issue_id(i.id)), None)
+    if first is not None:
+        click.echo(f"\n--- prompt for {first.id} ---")
+        click.echo(render_prompt(first, template, svc.config.land.target))
+
+
+@main.command()
+@click.argument("issue_id")
+@click.option("--wait", is_flag=True, help="Run it here and wait for the result.")
+@click.pass_context
+def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
+    """Run one issue now (it is claimed by its check-deps step)."""
+    from beads_runner.daemon import build_engine
+    from beads_runner.ids import require_safe_issue_id
+    from workflows.task_flow import TaskInput
+
+    require_safe_issue_id(issue_id)
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=wait)
+    svc.tracker.show(issue_id)  # a missing issue is an error now, not a failed run later
+    engine = build_engine(svc)
+    run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
+    click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")
+    if not wait:
+        click.echo("a running `beads-runner start` picks it up; or use --wait to run it here")
+        return
+    engine.start()
+    try:
+        view = engine.wait(run_id)
+    except KeyboardInterrupt:
+        engine.stop()
+        click.echo("interrupted; the run resumes at the next start", err=True)
+        sys.exit(130)
+    engine.stop()
+    _print_outcome(view)
+    sys.exit(0 if view.status == "succeeded" else 1)
+
+
+def _print_outcome(view) -> None:
+    if view.status == "succeeded":
+        out = view.outcome or {}
+        if out.get("skipped"):
+            click.echo(f"{view.key}: skipped ({out.get('reason')})")
+        else:
+            click.echo(f"{view.key}: {out.get('close_reason')}")
+    else:
+        click.echo(f"{view.key}: {view.status} at {view.failed_step}: {view.error}")
+
+
+# --- seeing -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=20, show_default=True, help="Finished runs to show.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Runs, their steps and attempts, and the sessions in use."""
+    from beads_runner.status import collect_status, render_status
+
+    svc = _services(ctx)
+    data = collect_status(svc, limit=limit)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_status(data))
+
+
+@main.command()
+@click.argument("ref")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="Raw events, one JSON object a line.")
+@click.pass_context
+def logs(ctx: click.Context, ref: str, follow: bool, as_json: bool) -> None:
+    """A run's step events and its agent's events (REF: an issue id or a run id)."""
+    from beads_runner.status import stream_logs
+
+    svc = _services(ctx)
+    for line in stream_logs(svc, ref, follow=follow, as_json=as_json):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("issue_id", required=False)
+@click.option("--since", default=None, help="Only commits after this date (git's date formats).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json: bool) -> None:
+    """Landed commits, found by their Beads-Issue trailer."""
+    from beads_runner.status import landed_commits, render_review
+
+    svc = _services(ctx)
+    commits = landed_commits(svc, issue_id=issue_id, since=since)
+    if as_json:
+        click.echo(json.dumps(commits, indent=2))
+    else:
+        click.echo(render_review(commits))
+
+
+# --- hatchet ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--name", default=None, help="Worker name (default: beads-runner-<host>).")
+@click.pass_context
+def worker(ctx: click.Context, name: str | None) -> None:
+    """Run the workflow's steps for a Hatchet engine (engine.kind = "hatchet")."""
+    from workflows.hatchet import run_worker
+
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
+    run_worker(svc, name=name)
+
+
+# --- demo ---------------------------------------------------------------------------------------
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--keep", is_flag=True, help="Keep an existing DIR's contents (default: start afresh).")
+def demo(directory: str | None, keep: bool) -> None:
+    """Build a sample repository with issues and run the whole flow on it, offline."""
+    from beads_runner.demo import run_demo
+
+    target = Path(directory) if directory else Path.cwd() / f"beads-runner-demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    sys.exit(run_demo(target.resolve(), fresh=not keep))
+
+
+if __name__ == "__main__":
+    main()

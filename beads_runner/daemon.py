@@ -1,0 +1,193 @@
+"""The daemon: poll the tracker, claim ready issues, submit runs, and keep every session busy.
+
+One place decides what runs. The tracker says what is ready; the engine's database says what is
+already running (for this runner and any other sharing the repository); this loop claims only as
+many issues as there are free sessions, so claimed issues never sit waiting behind the cap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.ids import require_safe_issue_id
+from beads_runner.services import Services
+from workflows.local import LocalEngine
+from workflows.spec import RetryPolicy
+from workflows.task_flow import TASK_FLOW, TaskInput
+
+log = structlog.get_logger("beads_runner.daemon")
+
+STATE_DB = "state.db"
+
+
+def build_engine(services: Services, *, poll: float = 0.05) -> LocalEngine:
+    """The embedded engine for a repository, with the policies of its configuration."""
+    cfg = services.config
+    r = cfg.engine.retry
+    timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
+    return LocalEngine(
+        services.state_dir / STATE_DB, TASK_FLOW,
+        max_sessions=cfg.engine.max_sessions,
+        workers=cfg.engine.max_runs + cfg.engine.max_sessions,
+        retry=RetryPolicy(r.attempts, r.backoff, r.backoff_factor, r.backoff_max),
+        step_timeouts=timeouts,
+        default_timeout=cfg.engine.step_timeout,
+        poll=poll,
+    )
+
+
+class ChangeWatcher:
+    """Notices changes under `.beads/` by stat alone: cheap enough to ask several times a second,
+    so a newly ready issue is picked up in well under a second instead of at the next poll."""
+
+    def __init__(self, root: Path, depth: int = 2, max_entries: int = 2000):
+        self.root = root
+        self.depth = depth
+        self.max_entries = max_entries
+        self._last = self.signature()
+
+    def signature(self) -> tuple[int, int]:
+        newest, count = 0, 0
+        stack = [(self.root, 0)]
+        while stack and count < self.max_entries:
+            path, level = stack.pop()
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        count += 1
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        newest = max(newest, st.st_mtime_ns)
+                        if entry.is_dir(follow_symlinks=False) and level < self.depth:
+                            stack.append((Path(entry.path), level + 1))
+            except OSError:
+                continue
+        return newest, count
+
+    def changed(self) -> bool:
+        now = self.signature()
+        if now != self._last:
+            self._last = now
+            return True
+        return False
+
+
+@dataclass
+class PollResult:
+    submitted: list[str] = field(default_factory=list)
+    ready: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """poll → claim → submit, on top of an engine that runs and resumes the workflow."""
+
+    def __init__(self, services: Services, engine: LocalEngine | None = None):
+        self.services = services
+        self.engine = engine or build_engine(services)
+        self.tracker = services.tracker
+        self.cfg = services.config
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._refused: set[str] = set()
+        self.submitted: list[str] = []
+        self.engine.add_listener(self._wake.set)
+
+    # --- one pass --------------------------------------------------------------------------
+    def free_sessions(self) -> int:
+        """Sessions not taken by runs that have yet to finish their `process` step."""
+        waiting = 0
+        for run in self.engine.runs(statuses=("queued", "running")):
+            proc = next((s for s in run.steps if s.name == "process"), None)
+            if proc is not None and proc.status in ("pending", "running"):
+                waiting += 1
+        return self.cfg.engine.max_sessions - waiting
+
+    def poll_once(self) -> PollResult:
+        result = PollResult()
+        free = self.free_sessions()
+        if free <= 0:
+            return result
+        try:
+            issues = self.tracker.ready()
+        except TrackerBusy as exc:
+            log.warning("tracker busy, will poll again", error=exc.message)
+            return result
+        result.ready = len(issues)
+        for issue in issues:
+            if free <= 0:
+                break
+            try:
+                require_safe_issue_id(issue.id)
+            except UnsafeIdError as exc:
+                if issue.id not in self._refused:
+                    self._refused.add(issue.id)
+                    log.error("issue refused", problem=exc.message, fix=exc.fix)
+                result.refused.append(issue.id)
+                continue
+            if self.engine.active_run(issue.id):
+                continue
+            try:
+                self.tracker.claim(issue.id)
+            except ClaimConflict as exc:
+                log.info("claim lost, skipping", issue_id=issue.id, reason=exc.message)
+                continue
+            except TrackerError as exc:
+                log.warning("claim failed", issue_id=issue.id, error=exc.message)
+                continue
+            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            if created:
+                self.submitted.append(run_id)
+                result.submitted.append(run_id)
+                log.info("claimed and submitted", issue_id=issue.id, run_id=run_id, title=issue.title[:80])
+            free -= 1
+        return result
+
+    # --- the loop --------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, *, once: bool = False, poll_interval: float | None = None, watch_interval: float = 0.2) -> int:
+        """Work until stopped (or, with `once`, until nothing is ready or running).
+
+        Returns 0 if every run this invocation saw ended landed or skipped, 1 if any failed."""
+        interval = poll_interval if poll_interval is not None else self.cfg.tracker.poll_interval
+        beads_dir = self.services.repo / ".beads"
+        watcher = ChangeWatcher(beads_dir) if beads_dir.is_dir() else None
+        # Runs left unfinished by an earlier runner are this runner's too.
+        self.submitted.extend(r.id for r in self.engine.runs(statuses=("queued", "running", "failing")))
+        self.engine.start()
+        log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,
+                 resumed=len(self.submitted))
+        try:
+            next_poll = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_poll or self._wake.is_set():
+                    self._wake.clear()
+                    result = self.poll_once()
+                    next_poll = now + interval
+                    if once and not result.submitted and not self.engine.has_active_runs():
+                        # Nothing ready that we could take and nothing running: done.
+                        break
+                self._wake.wait(watch_interval)
+                if watcher is not None and watcher.changed():
+                    self._wake.set()
+        finally:
+            log.info("runner stopping", grace=self.cfg.engine.grace_period)
+            self.engine.stop(grace=self.cfg.engine.grace_period if self._stop.is_set() else 0.0)
+        return self.exit_code()
+
+    def exit_code(self) -> int:
+        runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]
+        return 1 if any(r is not None and r.status == "failed" for r in runs) else 0

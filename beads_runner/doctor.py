@@ -1,0 +1,95 @@
+"""`beads-runner doctor`: every prerequisite checked, each problem with its fix."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from beads_runner.config import CONFIG_FILE, load_config
+from beads_runner.errors import RunnerError
+from beads_runner.services import Services
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
+def _attempt(name: str, fn) -> Check:
+    try:
+        return Check(name, True, fn())
+    except RunnerError as exc:
+        return Check(name, False, exc.message, exc.fix)
+    except Exception as exc:  # noqa: BLE001 - doctor reports, it never crashes
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def run_checks(repo: Path) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        config = load_config(repo)
+        where = repo / CONFIG_FILE
+        checks.append(Check("config", True, str(where) if where.exists() else "no config file: all defaults",
+                            None))
+    except RunnerError as exc:
+        checks.append(Check("config", False, exc.message, exc.fix))
+        return checks
+    svc = Services(repo, config)
+
+    def git_check() -> str:
+        sha = svc.workspace.check_target()
+        return f"{repo} on git {svc.workspace.repo.git.version().removeprefix('git version ')}; " \
+               f"target {config.land.target} at {sha[:8]}"
+
+    checks.append(_attempt("git", git_check))
+
+    def tracker_check() -> str:
+        version = svc.tracker.version()
+        ready = svc.tracker.ready()
+        return f"{config.tracker.kind} {version}; {len(ready)} issue(s) ready"
+
+    checks.append(_attempt("tracker", tracker_check))
+
+    def agent_check() -> str:
+        agent = svc.agent
+        exe = agent.resolve_executable() if hasattr(agent, "resolve_executable") else config.agent.command
+        version = agent.version() if hasattr(agent, "version") else "?"
+        model = config.agent.model or "(opencode's default model)"
+        return f"{config.agent.kind} {version} at {exe}; model {model}"
+
+    checks.append(_attempt("agent", agent_check))
+
+    def engine_check() -> str:
+        if config.engine.kind == "hatchet":
+            from workflows.hatchet import check_hatchet_config
+
+            return check_hatchet_config()
+        state = svc.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        if not os.access(state, os.W_OK):
+            raise RunnerError(f"{state} is not writable", fix=f"make {state} writable by this user")
+        db = sqlite3.connect(state / "state.db")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.close()
+        return f"local (SQLite at {state / 'state.db'}), max_sessions={config.engine.max_sessions}"
+
+    checks.append(_attempt("engine", engine_check))
+
+    def gates_check() -> str:
+        import shutil
+
+        if not config.gates:
+            return "no gates configured (add [[gates]] so work is checked before it lands)"
+        missing = [g.name for g in config.gates if shutil.which(g.argv[0]) is None and not Path(g.argv[0]).exists()]
+        if missing:
+            raise RunnerError(f"gate command not found for: {', '.join(missing)}",
+                              fix="install the tool or correct its `run` in .beads-runner.toml")
+        return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
+
+    checks.append(_attempt("gates", gates_check))
+    return checks
