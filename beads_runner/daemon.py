@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
-from beads_runner.ids import require_safe_issue_id
+from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.services import Services
 from workflows.local import LocalEngine
 from workflows.spec import RetryPolicy
@@ -98,7 +98,6 @@ class Runner:
         self.cfg = services.config
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._refused: set[str] = set()
         self.submitted: list[str] = []
         self.engine.add_listener(self._wake.set)
 
@@ -113,37 +112,33 @@ class Runner:
         return self.cfg.engine.max_sessions - waiting
 
     def poll_once(self) -> PollResult:
+        """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
         result = PollResult()
         free = self.free_sessions()
-        if free <= 0:
-            return result
-        try:
-            issues = self.tracker.ready()
-        except TrackerBusy as exc:
-            log.warning("tracker busy, will poll again", error=exc.message)
-            return result
-        result.ready = len(issues)
-        for issue in issues:
-            if free <= 0:
-                break
+        conflicts = 0
+        while free > 0 and not self._stop.is_set():
             try:
-                require_safe_issue_id(issue.id)
-            except UnsafeIdError as exc:
-                if issue.id not in self._refused:
-                    self._refused.add(issue.id)
-                    log.error("issue refused", problem=exc.message, fix=exc.fix)
+                issue = self.tracker.claim_next()
+            except ClaimConflict as exc:
+                # Another claimer won the read-back; bd may offer the same issue again at once,
+                # so give up for this pass after a few in a row.
+                log.info("claim lost, trying the next issue", reason=exc.message)
+                conflicts += 1
+                if conflicts >= 5:
+                    break
+                continue
+            except TrackerBusy as exc:
+                log.warning("tracker busy, will poll again", error=exc.message)
+                break
+            if issue is None:
+                break
+            result.ready += 1
+            if not is_safe_issue_id(issue.id):
+                self._refuse(issue.id)
                 result.refused.append(issue.id)
                 continue
             if self.engine.active_run(issue.id):
-                continue
-            try:
-                self.tracker.claim(issue.id)
-            except ClaimConflict as exc:
-                log.info("claim lost, skipping", issue_id=issue.id, reason=exc.message)
-                continue
-            except TrackerError as exc:
-                log.warning("claim failed", issue_id=issue.id, error=exc.message)
-                continue
+                continue  # its run holds the claim already
             run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
             if created:
                 self.submitted.append(run_id)
@@ -151,6 +146,38 @@ class Runner:
                 log.info("claimed and submitted", issue_id=issue.id, run_id=run_id, title=issue.title[:80])
             free -= 1
         return result
+
+    def _refuse(self, issue_id: str) -> None:
+        """An id that cannot name a branch or a path is never used for one: the issue goes to a person
+        (bd takes the id as one argv element, never through a shell, so talking about it is safe)."""
+        try:
+            require_safe_issue_id(issue_id)
+        except UnsafeIdError as exc:
+            log.error("issue refused", problem=exc.message, fix=exc.fix)
+            try:
+                self.tracker.comment(issue_id, f"beads-runner refused this issue: {exc.message}. Fix: {exc.fix}.")
+                self.tracker.hand_to_human(issue_id)
+            except TrackerError as err:
+                log.warning("could not hand the refused issue to a person", error=err.message)
+
+    def take_back_stale_claims(self) -> list[str]:
+        """Issues in progress under our actor with no active run: a runner died between claiming and
+        submitting (or its state was lost). The engine's state says nobody works on them: resume."""
+        submitted = []
+        try:
+            claimed = self.tracker.claimed()
+        except TrackerError as exc:
+            log.warning("could not list claimed issues", error=exc.message)
+            return submitted
+        for issue in claimed:
+            if not is_safe_issue_id(issue.id) or self.engine.active_run(issue.id):
+                continue
+            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            if created:
+                log.info("took back a stale claim", issue_id=issue.id, run_id=run_id)
+                self.submitted.append(run_id)
+                submitted.append(run_id)
+        return submitted
 
     # --- the loop --------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -166,6 +193,7 @@ class Runner:
         watcher = ChangeWatcher(beads_dir) if beads_dir.is_dir() else None
         # Runs left unfinished by an earlier runner are this runner's too.
         self.submitted.extend(r.id for r in self.engine.runs(statuses=("queued", "running", "failing")))
+        self.take_back_stale_claims()
         self.engine.start()
         log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,
                  resumed=len(self.submitted))

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    handler_until REAL               -- the failure handler is running (or was, until this time)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_one_active_per_key ON runs(workflow, key)
     WHERE status IN ('queued', 'running', 'failing');
@@ -513,28 +514,35 @@ class LocalEngine:
             self._finish_failed(run_id)
 
     def _finish_failed(self, run_id: str) -> None:
-        """Run the workflow's failure handler once, then mark the run failed."""
-        row = self._conn().execute(
-            "SELECT r.input, r.failed_step, s.error, s.detail, s.attempt FROM runs r "
-            "JOIN steps s ON s.run_id=r.id AND s.name=r.failed_step WHERE r.id=? AND r.status='failing'",
-            (run_id,)).fetchone()
-        if row is None:
-            return
+        """Run the workflow's failure handler once, then mark the run failed.
+
+        The handler is taken like a step, with a lease on the run row, so the worker thread that saw
+        the failure and the recovery pass (or another runner) never run it at the same time."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT r.input, r.failed_step, s.error, s.detail, s.attempt FROM runs r "
+                "JOIN steps s ON s.run_id=r.id AND s.name=r.failed_step WHERE r.id=? AND r.status='failing' "
+                "AND (r.handler_until IS NULL OR r.handler_until < ?)", (run_id, now)).fetchone()
+            if row is None:
+                return
+            db.execute("UPDATE runs SET handler_until=? WHERE id=?", (now + self.lease, run_id))
         if self.workflow.on_failure is not None:
             inp = self.workflow.input.model_validate_json(row["input"])
             error = StepFailed(row["error"] or "failed", retryable=False, detail=row["detail"] or "")
             try:
                 self.workflow.on_failure(inp, run_id, row["failed_step"], error, row["attempt"])
             except Exception as exc:  # noqa: BLE001
-                # Leave the run 'failing': the handler is tried again on the next pass.
+                # Leave the run 'failing': the handler is tried again a few seconds later.
+                with self._tx() as db:
+                    db.execute("UPDATE runs SET handler_until=? WHERE id=?", (time.time() + 5.0, run_id))
                 self.record_event(run_id, row["failed_step"], "failure handler failed", error=str(exc))
-                log.warning("failure handler failed", run_id=run_id, error=str(exc))
                 return
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE runs SET status='failed', updated_at=?, finished_at=? WHERE id=? AND status='failing'",
                        (now, now, run_id))
-        self.record_event(run_id, None, "run failed", step=row["failed_step"], reason=row["error"])
+        self.record_event(run_id, None, "run failed", failed_step=row["failed_step"], reason=row["error"])
 
     # --- reading state -----------------------------------------------------------------------
     def _step_output(self, run_id: str, step: str) -> BaseModel:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, Field
 
 from beads_runner.agent.base import SessionRequest, TokenUsage
-from beads_runner.errors import RunnerError, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
 from beads_runner.services import Services, services_for
@@ -102,7 +102,11 @@ def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
     mine = issue.status == "in_progress" and issue.assignee == tracker.actor
     if not mine:
         if issue.status == "open" and issue.assignee in ("", tracker.actor):
-            issue = tracker.claim(inp.issue_id)
+            try:
+                issue = tracker.claim(inp.issue_id)
+            except ClaimConflict as exc:  # somebody else won the race: theirs, not a failure
+                ctx.log("claim lost", reason=exc.message)
+                return CheckDepsOutput(proceed=False, reason=f"claimed by someone else: {exc.message}")
         else:
             holder = f", assignee {issue.assignee}" if issue.assignee else ""
             ctx.log("not ours", status=issue.status, assignee=issue.assignee)

@@ -110,6 +110,14 @@ class Tracker(Protocol):
         Returns the issue (status in_progress, assignee actor). Raises ClaimConflict if someone
         else holds it, also when the read-back shows another winner."""
 
+    def claim_next(self) -> Issue | None:
+        """Atomically claim the first ready work issue (`bd ready --claim`) and read it back; None
+        when nothing is claimable."""
+
+    def claimed(self) -> list[Issue]:
+        """Issues in progress under `actor`: after a crash, the runner takes back those it has no
+        run for."""
+
     def release(self, issue_id: str) -> None:
         """Give a claimed issue back to the queue: status open, no assignee."""
 

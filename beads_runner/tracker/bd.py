@@ -216,6 +216,12 @@ class BdTracker:
                 continue
         return None
 
+    def claimed(self) -> list[Issue]:
+        """Issues in progress under this actor (to take back claims a dead runner left)."""
+        args = ["list", "--status", "in_progress", "--limit", "0"]
+        issues = parse.issues_from_data(self._run(args), parse.describe_command(["bd", *args]))
+        return [issue for issue in issues if issue.assignee == self.actor]
+
     def release(self, issue_id: str) -> None:
         self._run(["update", self._id(issue_id), "--status", "open", "--assignee", ""])
 

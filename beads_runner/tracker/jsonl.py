@@ -383,6 +383,12 @@ class JsonlTracker:
                 return self._issue(store, issue)
         return None
 
+    def claimed(self) -> list[Issue]:
+        """Issues in progress under this actor (to take back claims a dead runner left)."""
+        store = self._snapshot()
+        return [self._issue(store, raw) for raw in store.issues
+                if raw.get("status") == "in_progress" and (raw.get("assignee") or "") == self.actor]
+
     def release(self, issue_id: str) -> None:
         with self._modify() as store:
             issue = store.get(issue_id)

@@ -1,0 +1,128 @@
+"""The `command` agent: any CLI that reads the prompt on stdin and edits files in its cwd.
+
+`agent.command` is split like a shell would (no shell runs it), `agent.args` are appended. The
+process runs in the worktree with `BEADS_ISSUE_ID` and `BEADS_RUNNER_WORKDIR` set (plus
+`agent.env`). ok = exit 0 within the limits; the summary is its last few non-empty stdout lines.
+A stall is no output line, on stdout or stderr, for `agent.stall_timeout`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
+from beads_runner.agent.process import run_supervised
+from beads_runner.config import AgentConfig
+from beads_runner.errors import AgentUnavailable
+
+SUMMARY_LINES = 5
+FIX = ('set agent.command in .beads-runner.toml to a command that reads the prompt on stdin '
+       '(for example command = "my-agent --yes"), and make sure it is installed')
+
+
+class CommandAgent:
+    def __init__(self, config: AgentConfig, repo_root: Path):
+        self.config = config
+        self.repo_root = Path(repo_root)
+        self.model = config.model
+        try:
+            argv0 = self._split()[0]
+        except AgentUnavailable:  # reported by run() and resolve_executable(), with the fix
+            argv0 = ""
+        self.name = os.path.basename(argv0) or "command"
+
+    def _split(self) -> list[str]:
+        command = self.config.command or ""
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise AgentUnavailable(f"agent.command {command!r} does not split like a shell line: {exc}",
+                                   fix=FIX) from None
+        if not argv:
+            raise AgentUnavailable("agent.command is required when agent.kind = \"command\"", fix=FIX)
+        return argv
+
+    def resolve_executable(self) -> str:
+        exe = self._split()[0]
+        if os.sep in exe or (os.altsep and os.altsep in exe):
+            path = Path(exe).expanduser()
+            if not path.is_absolute():
+                path = self.repo_root / path
+            if path.is_file() and os.access(path, os.X_OK):
+                return os.path.abspath(path)
+            raise AgentUnavailable(f"agent.command: {path} is not an executable file", fix=FIX)
+        found = shutil.which(exe)
+        if found is None:
+            raise AgentUnavailable(f"agent.command: {exe!r} is not on PATH", fix=FIX)
+        return os.path.abspath(found)
+
+    def argv(self) -> list[str]:
+        return [self.resolve_executable(), *self._split()[1:], *self.config.args]
+
+    def run(self, request: SessionRequest, *, cancel: threading.Event | None = None,
+            on_event: EventCallback | None = None) -> SessionResult:
+        argv = self.argv()
+        env = dict(os.environ)
+        env["BEADS_ISSUE_ID"] = request.issue_id
+        env["BEADS_RUNNER_WORKDIR"] = str(request.workdir)
+        if request.session_id:
+            env["BEADS_SESSION_ID"] = request.session_id
+        env.update(self.config.env)
+        last_lines: deque[str] = deque(maxlen=SUMMARY_LINES)
+        log: IO[str] | None = None
+        if request.log_path is not None:
+            request.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(request.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
+        def on_line(stream: str):
+            def handle(line: str) -> None:
+                if stream == "stdout":
+                    if line.strip():
+                        last_lines.append(line.rstrip())
+                    if log is not None:
+                        log.write(line + "\n")
+                        log.flush()
+                if on_event is not None:
+                    on_event({"type": "output", "stream": stream, "text": line})
+            return handle
+
+        try:
+            outcome = run_supervised(
+                argv, cwd=request.workdir, env=env, stdin_text=request.prompt,
+                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=cancel,
+                on_stdout=on_line("stdout"), on_stderr=on_line("stderr"), stall_on_stderr=True,
+            )
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot start {argv[0]}: {exc}", fix=FIX) from None
+        finally:
+            if log is not None:
+                log.close()
+
+        ok, reason, retryable = outcome.exit_code == 0, "", True
+        if outcome.timed_out:
+            ok, reason = False, f"session exceeded agent.timeout ({self.config.timeout:g}s) and was killed"
+        elif outcome.stalled:
+            ok, reason = False, (f"no output from {self.name} for {self.config.stall_timeout:g}s "
+                                 "(agent.stall_timeout); session killed")
+        elif outcome.cancelled:
+            ok, reason, retryable = False, "session cancelled", False
+        elif outcome.exit_code != 0:
+            code = outcome.exit_code
+            reason = (f"{self.name} was killed by signal {-code}" if code is not None and code < 0
+                      else f"{self.name} exited {code}")
+        tail = list(outcome.output_tail) + outcome.callback_errors
+        if not ok:
+            tail.append(f"beads-runner: {reason}")
+        return SessionResult(
+            ok=ok, reason=reason, retryable=retryable, exit_code=outcome.exit_code,
+            session_id=request.session_id, summary="\n".join(last_lines),
+            duration_s=round(outcome.duration_s, 3), events=outcome.stdout_lines,
+            timed_out=outcome.timed_out, stalled=outcome.stalled, cancelled=outcome.cancelled,
+            output_tail="\n".join(tail),
+        )

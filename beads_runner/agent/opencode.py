@@ -1,0 +1,218 @@
+"""The `opencode` agent: one `opencode run --format json` process per session.
+
+argv: `opencode run --format json --dir <worktree> --title <title> [--model p/m] [--session id]
+[agent.args...]`, the prompt on stdin (then closed). Success needs exit 0, no `error` event and a
+last `step_finish` with reason "stop" (see `events.py`).
+
+Environment: the runner's own, plus `OPENCODE_PERMISSION` allowing edits and shell commands
+(an "ask" is auto-rejected in a non-interactive run) unless the user set OPENCODE_PERMISSION,
+plus `OPENCODE_DISABLE_AUTOUPDATE=1` unless set, plus `agent.env`, which wins over everything.
+
+Note (opencode 1.18.33): several sessions starting at once on a data directory that has never
+been used race on its database migration, and some exit 1 at once ("Failed query: CREATE TABLE");
+that is reported as retryable. A data directory that has run one session is safe to share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO
+
+import beads_runner
+from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
+from beads_runner.agent.events import SessionEvents
+from beads_runner.agent.process import run_supervised
+from beads_runner.config import AgentConfig
+from beads_runner.errors import AgentUnavailable
+
+OPENCODE_VERSION = "1.18.33"
+DEFAULT_PERMISSION = {"edit": "allow", "bash": "allow", "webfetch": "allow"}
+INSTALL_FIX = (f"run `make setup` in the beads-runner checkout, or `npm install opencode-ai@{OPENCODE_VERSION}`, "
+               "or set agent.command in .beads-runner.toml")
+TITLE_MAX = 100
+
+
+def _checkout_opencode() -> Path:
+    """`node_modules/.bin/opencode` of the beads-runner checkout this package runs from."""
+    return Path(beads_runner.__file__).resolve().parents[1] / "node_modules" / ".bin" / "opencode"
+
+
+def _usable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+class OpenCodeAgent:
+    name = "opencode"
+
+    def __init__(self, config: AgentConfig, repo_root: Path):
+        self.config = config
+        self.repo_root = Path(repo_root)
+        self.model = config.model
+
+    # -- the executable ------------------------------------------------------------------------
+    def resolve_executable(self) -> str:
+        """agent.command, else `opencode` on PATH, else <repo>/node_modules/.bin/opencode, else the
+        beads-runner checkout's node_modules/.bin/opencode."""
+        command = self.config.command
+        if command:
+            if os.sep in command or (os.altsep and os.altsep in command):
+                path = Path(command).expanduser()
+                if not path.is_absolute():
+                    path = self.repo_root / path
+                if _usable(path):
+                    return os.path.abspath(path)
+                raise AgentUnavailable(f"agent.command {command!r}: {path} is not an executable file",
+                                       fix=f"correct agent.command, or {INSTALL_FIX}")
+            found = shutil.which(command)
+            if found:
+                return os.path.abspath(found)
+            raise AgentUnavailable(f"agent.command {command!r} is not on PATH",
+                                   fix=f"correct agent.command, or {INSTALL_FIX}")
+        found = shutil.which("opencode")
+        if found:
+            return os.path.abspath(found)
+        for candidate in (self.repo_root / "node_modules" / ".bin" / "opencode", _checkout_opencode()):
+            if _usable(candidate):
+                return os.path.abspath(candidate)
+        raise AgentUnavailable("opencode was not found (not on PATH, not in node_modules/.bin)", fix=INSTALL_FIX)
+
+    def version(self, timeout: float = 60.0) -> str:
+        """`opencode --version`, for `doctor`. Raises AgentUnavailable if it does not answer."""
+        exe = self.resolve_executable()
+        try:
+            proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, env=self._env())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise AgentUnavailable(f"{exe} --version failed: {exc}", fix=INSTALL_FIX) from None
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise AgentUnavailable(f"{exe} --version exited {proc.returncode}: {tail[0]}", fix=INSTALL_FIX)
+        return proc.stdout.strip()
+
+    # -- one session ---------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if "OPENCODE_PERMISSION" not in env:
+            env["OPENCODE_PERMISSION"] = json.dumps(DEFAULT_PERMISSION)
+        env.setdefault("OPENCODE_DISABLE_AUTOUPDATE", "1")
+        env.update(self.config.env)
+        return env
+
+    def argv(self, exe: str, request: SessionRequest) -> list[str]:
+        title = " ".join((request.title or request.issue_id).split())[:TITLE_MAX] or request.issue_id
+        argv = [exe, "run", "--format", "json", "--dir", str(request.workdir), "--title", title]
+        if self.config.model:
+            argv += ["--model", self.config.model]
+        if request.session_id:
+            argv += ["--session", request.session_id]
+        return argv + list(self.config.args)
+
+    def _data_key(self) -> str:
+        env = self._env()
+        return env.get("OPENCODE_DB") or env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+
+    def run(self, request: SessionRequest, *, cancel: threading.Event | None = None,
+            on_event: EventCallback | None = None) -> SessionResult:
+        exe = self.resolve_executable()
+        argv = self.argv(exe, request)
+        events = SessionEvents()
+        log: IO[str] | None = None
+        if request.log_path is not None:
+            request.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(request.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
+        first_start = _FirstStart.enter(self._data_key())
+
+        def on_stdout(line: str) -> None:
+            first_start.done()  # opencode answered: its database exists, others may start
+            if log is not None:
+                log.write(line + "\n")
+                log.flush()
+            event = events.feed(line)
+            if event is not None and on_event is not None:
+                on_event(event)
+
+        try:
+            outcome = run_supervised(
+                argv, cwd=request.workdir, env=self._env(), stdin_text=request.prompt,
+                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=cancel,
+                on_stdout=on_stdout, stall_on_stderr=False,
+            )
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot start {exe}: {exc}", fix=INSTALL_FIX) from None
+        finally:
+            first_start.done()
+            if log is not None:
+                log.close()
+
+        verdict = events.verdict(outcome.exit_code)
+        ok, reason, retryable = verdict.ok, verdict.reason, verdict.retryable
+        if outcome.timed_out:
+            ok, retryable = False, True
+            reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was killed"
+        elif outcome.stalled:
+            ok, retryable = False, True
+            reason = (f"no output from opencode for {_fmt_seconds(self.config.stall_timeout)} "
+                      "(agent.stall_timeout); session killed")
+        elif outcome.cancelled:
+            ok, retryable = False, False
+            reason = "session cancelled"
+        if not ok and reason.startswith("opencode exited") and outcome.stderr_tail:
+            lines = [line.strip() for line in outcome.stderr_tail if line.strip()]
+            last = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+            if last:
+                reason = f"{reason}: {last[:200]}"
+
+        tail = list(outcome.stderr_tail)
+        if events.error is not None:
+            tail.append(f"error event: {events.error.name}: {events.error.message}")
+        for tool in events.failed_tools[-5:]:
+            tail.append(f"tool {tool.tool} failed: {tool.error}")
+        tail += outcome.callback_errors
+        if not ok:
+            tail.append(f"beads-runner: {reason}")
+        return SessionResult(
+            ok=ok, reason=reason, retryable=retryable, exit_code=outcome.exit_code,
+            session_id=events.session_id or request.session_id, summary=events.summary,
+            tokens=events.tokens, cost=events.cost, duration_s=round(outcome.duration_s, 3),
+            events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
+            cancelled=outcome.cancelled, output_tail="\n".join(tail),
+        )
+
+
+class _FirstStart:
+    """opencode 1.18.33 creates its database on first start, and several processes doing that at
+    once race ("Failed query: CREATE TABLE `workspace`", exit 1). So the first session of this
+    process per data directory starts alone; the others wait until it has printed its first event
+    (the database exists by then) or ended, at most `WAIT` seconds."""
+
+    WAIT = 60.0
+    _lock = threading.Lock()
+    _ready: dict[str, threading.Event] = {}
+
+    def __init__(self, event: threading.Event, first: bool):
+        self._event = event
+        self._first = first
+
+    @classmethod
+    def enter(cls, key: str) -> _FirstStart:
+        with cls._lock:
+            event = cls._ready.get(key)
+            if event is None:
+                event = cls._ready[key] = threading.Event()
+                return cls(event, first=True)
+        event.wait(cls.WAIT)
+        return cls(event, first=False)
+
+    def done(self) -> None:
+        if self._first and not self._event.is_set():
+            self._event.set()

@@ -1,0 +1,237 @@
+"""CommandAgent with small real subprocesses: results, limits, cancel and process-group kills."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from beads_runner.agent import make_agent
+from beads_runner.agent.base import Agent, SessionRequest
+from beads_runner.agent.command import CommandAgent
+from beads_runner.agent.opencode import OpenCodeAgent
+from beads_runner.config import AgentConfig
+from beads_runner.errors import AgentUnavailable
+
+PY = sys.executable
+
+
+def _agent(tmp_path: Path, code: str, **config) -> CommandAgent:
+    script = tmp_path / "agent_script.py"
+    script.write_text(code, encoding="utf-8")
+    cfg = AgentConfig(kind="command", command=f"{shlex.quote(PY)} -u {shlex.quote(str(script))}", **config)
+    agent = make_agent(cfg, tmp_path)
+    assert isinstance(agent, CommandAgent)
+    return agent
+
+
+def _request(tmp_path: Path, **kw) -> SessionRequest:
+    workdir = tmp_path / "wt"
+    workdir.mkdir(exist_ok=True)
+    return SessionRequest(issue_id="bd-7", prompt="Fix the bug in bd-7\nplease", workdir=workdir, **kw)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its new parent) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+SUCCESS = """
+import os, sys, pathlib
+prompt = sys.stdin.read()
+pathlib.Path("out.txt").write_text(prompt)
+print("issue", os.environ["BEADS_ISSUE_ID"], os.environ["BEADS_RUNNER_WORKDIR"] == os.getcwd(), os.environ.get("EXTRA"))
+print("", file=sys.stderr)
+for i in range(8):
+    print(f"line {i}")
+print("")
+"""
+
+
+def test_success_runs_in_worktree_with_prompt_and_env(tmp_path):
+    agent = _agent(tmp_path, SUCCESS, env={"EXTRA": "yes"}, args=["--ignored-arg"])
+    events = []
+    log = tmp_path / "logs" / "session.log"
+    result = agent.run(_request(tmp_path, log_path=log), on_event=events.append)
+    assert result.ok, result.output_tail
+    assert result.reason == "" and result.exit_code == 0
+    assert (tmp_path / "wt" / "out.txt").read_text() == "Fix the bug in bd-7\nplease"
+    assert result.summary == "line 3\nline 4\nline 5\nline 6\nline 7"
+    assert result.events == 10  # stdout lines, the blank one included
+    assert not (result.timed_out or result.stalled or result.cancelled)
+    assert any(e["text"] == "issue bd-7 True yes" for e in events if e["stream"] == "stdout")
+    assert log.read_text().splitlines()[0] == "issue bd-7 True yes"
+    assert agent.name == Path(PY).name
+    assert isinstance(agent, Agent)
+
+
+def test_nonzero_exit_is_not_ok_and_keeps_output_tail(tmp_path):
+    agent = _agent(tmp_path, "import sys\nprint('working')\nprint('boom: disk full', file=sys.stderr)\nsys.exit(3)\n")
+    result = agent.run(_request(tmp_path))
+    assert not result.ok
+    assert result.exit_code == 3
+    assert result.reason == f"{agent.name} exited 3"
+    assert result.retryable
+    assert "boom: disk full" in result.output_tail
+    assert "working" in result.output_tail
+
+
+def test_wall_timeout_kills(tmp_path):
+    agent = _agent(tmp_path, "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.1)\n",
+                   timeout=1.0, stall_timeout=30)
+    started = time.monotonic()
+    result = agent.run(_request(tmp_path))
+    assert time.monotonic() - started < 6
+    assert not result.ok and result.timed_out and not result.stalled
+    assert "agent.timeout (1s)" in result.reason
+    assert result.exit_code == -15  # SIGTERM was enough
+
+
+def test_stall_timeout_kills_a_silent_process(tmp_path):
+    agent = _agent(tmp_path, "import time\nprint('started', flush=True)\ntime.sleep(60)\n",
+                   timeout=60, stall_timeout=1.0)
+    started = time.monotonic()
+    result = agent.run(_request(tmp_path))
+    assert time.monotonic() - started < 6
+    assert not result.ok and result.stalled and not result.timed_out
+    assert "no output" in result.reason and "1s" in result.reason
+
+
+def test_stderr_output_counts_as_activity(tmp_path):
+    code = "import sys, time\nfor i in range(12):\n    print('.', file=sys.stderr, flush=True)\n    time.sleep(0.2)\n"
+    agent = _agent(tmp_path, code, timeout=60, stall_timeout=1.0)
+    result = agent.run(_request(tmp_path))
+    assert result.ok, result.reason
+
+
+def test_cancel_stops_the_session(tmp_path):
+    agent = _agent(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(60)\n", timeout=60, stall_timeout=60)
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    try:
+        result = agent.run(_request(tmp_path), cancel=cancel)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 6
+    assert result.cancelled and not result.ok and result.reason == "session cancelled"
+    assert not result.retryable
+
+
+GRANDCHILD = """
+import subprocess, sys, time, pathlib, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent shrugs SIGTERM off: SIGKILL must follow
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+pathlib.Path("grandchild.pid").write_text(str(child.pid))
+print("spawned", child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_whole_process_group_is_killed_on_stall(tmp_path):
+    agent = _agent(tmp_path, GRANDCHILD, timeout=60, stall_timeout=1.0)
+    result = agent.run(_request(tmp_path))
+    assert result.stalled
+    grandchild = int((tmp_path / "wt" / "grandchild.pid").read_text())
+    assert _wait_gone(grandchild), "the grandchild survived the process-group kill"
+    assert result.exit_code == -9
+
+
+def test_leftover_children_are_killed_after_a_normal_exit(tmp_path):
+    code = ("import subprocess, sys, pathlib\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+            " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "pathlib.Path('grandchild.pid').write_text(str(c.pid))\nprint('done')\n")
+    agent = _agent(tmp_path, code, timeout=30, stall_timeout=30)
+    result = agent.run(_request(tmp_path))
+    assert result.ok
+    assert _wait_gone(int((tmp_path / "wt" / "grandchild.pid").read_text()))
+
+
+def test_a_raising_event_callback_does_not_break_the_session(tmp_path):
+    agent = _agent(tmp_path, "print('a')\nprint('b')\n")
+
+    def bad(event):
+        raise RuntimeError("callback bug")
+
+    result = agent.run(_request(tmp_path), on_event=bad)
+    assert result.ok
+    assert "callback bug" in result.output_tail
+
+
+def test_missing_or_unknown_command_is_unavailable(tmp_path):
+    agent = make_agent(AgentConfig(kind="command"), tmp_path)
+    assert agent.name == "command"
+    with pytest.raises(AgentUnavailable) as err:
+        agent.run(_request(tmp_path))
+    assert err.value.fix and "agent.command" in err.value.fix
+    missing = make_agent(AgentConfig(kind="command", command="no-such-agent-xyz --flag"), tmp_path)
+    assert missing.name == "no-such-agent-xyz"
+    with pytest.raises(AgentUnavailable, match="not on PATH"):
+        missing.run(_request(tmp_path))
+
+
+def test_make_agent_picks_by_kind(tmp_path):
+    assert isinstance(make_agent(AgentConfig(), tmp_path), OpenCodeAgent)
+    assert isinstance(make_agent(AgentConfig(kind="command", command="cat"), tmp_path), CommandAgent)
+
+
+def test_opencode_executable_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    fake = tmp_path / "node_modules" / ".bin" / "opencode"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 9.9.9\n")
+    fake.chmod(0o755)
+    agent = OpenCodeAgent(AgentConfig(), tmp_path)
+    assert agent.resolve_executable() == str(fake)
+    assert agent.version() == "9.9.9"
+    bad = OpenCodeAgent(AgentConfig(command="missing-opencode"), tmp_path)
+    with pytest.raises(AgentUnavailable) as err:
+        bad.resolve_executable()
+    assert "npm install opencode-ai@1.18.33" in (err.value.fix or "")
+    relative = OpenCodeAgent(AgentConfig(command="node_modules/.bin/opencode"), tmp_path)
+    assert relative.resolve_executable() == str(fake)
+
+
+def test_opencode_argv(tmp_path):
+    agent = OpenCodeAgent(AgentConfig(model="scripted/scripted", args=["--pure"]), tmp_path)
+    request = SessionRequest(issue_id="bd-1", prompt="p", workdir=tmp_path, title="Fix   the\nthing",
+                             session_id="ses_1")
+    assert agent.argv("/x/opencode", request) == [
+        "/x/opencode", "run", "--format", "json", "--dir", str(tmp_path), "--title", "Fix the thing",
+        "--model", "scripted/scripted", "--session", "ses_1", "--pure"]
+    bare = OpenCodeAgent(AgentConfig(), tmp_path).argv("oc", SessionRequest(issue_id="bd-2", prompt="p",
+                                                                             workdir=tmp_path))
+    assert bare == ["oc", "run", "--format", "json", "--dir", str(tmp_path), "--title", "bd-2"]
+
+
+def test_opencode_env_respects_user_permission(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENCODE_PERMISSION", raising=False)
+    env = OpenCodeAgent(AgentConfig(env={"FOO": "1"}), tmp_path)._env()
+    assert '"edit": "allow"' in env["OPENCODE_PERMISSION"] and env["FOO"] == "1"
+    monkeypatch.setenv("OPENCODE_PERMISSION", '{"edit":"deny"}')
+    assert OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_PERMISSION"] == '{"edit":"deny"}'

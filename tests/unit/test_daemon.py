@@ -1,0 +1,114 @@
+"""The daemon with a real subprocess agent (the `command` kind) and the jsonl tracker: what it takes,
+what it leaves alone, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from beads_runner.config import load_config
+from beads_runner.daemon import Runner
+from beads_runner.services import Services, register_services
+from beads_runner.tracker.jsonl import JsonlTracker
+
+AGENT = textwrap.dedent("""\
+    import os, sys
+    prompt = sys.stdin.read()
+    issue = os.environ["BEADS_ISSUE_ID"]
+    with open(f"work-{issue}.txt", "w") as fh:
+        fh.write(prompt[:40])
+    print(f"wrote work-{issue}.txt")
+""")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "T")
+    git(path, "config", "user.email", "t@example.com")
+    (tmp_path / "agent.py").write_text(AGENT)
+    (path / ".gitignore").write_text(".beads-runner/\n")
+    (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
+        [tracker]
+        kind = "jsonl"
+        [agent]
+        kind = "command"
+        command = "{sys.executable} {tmp_path / 'agent.py'}"
+        [engine.retry]
+        backoff = "0.05s"
+        """))
+    (path / ".beads").mkdir()
+    (path / ".beads" / "issues.jsonl").write_text("")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "init")
+    return path
+
+
+def run_once(repo: Path) -> int:
+    svc = register_services(Services(repo, load_config(repo)))
+    return Runner(svc).run(once=True, poll_interval=0.1)
+
+
+def test_ready_issues_land_and_close(repo):
+    tracker = JsonlTracker(repo)
+    a = tracker.create("First", id="t-1")
+    b = tracker.create("Second", id="t-2", deps=[a.id])
+    assert run_once(repo) == 0
+    assert tracker.show(a.id).status == "closed" and tracker.show(b.id).status == "closed"
+    assert (repo / "work-t-1.txt").exists() and (repo / "work-t-2.txt").exists()
+    assert git(repo, "log", "--format=%s", "-2").splitlines() == ["Second (t-2)", "First (t-1)"]
+
+
+def test_a_stale_claim_of_our_actor_is_taken_back(repo):
+    tracker = JsonlTracker(repo)
+    tracker.create("Left behind", id="t-stale")
+    tracker.claim("t-stale")  # a runner claimed it, then died before submitting a run
+    assert tracker.ready() == []
+    assert run_once(repo) == 0
+    assert tracker.show("t-stale").status == "closed"
+
+
+def test_an_issue_claimed_by_someone_else_is_never_touched(repo):
+    JsonlTracker(repo).create("Alice's", id="t-alice")
+    JsonlTracker(repo, actor="alice").claim("t-alice")
+    before = (repo / ".beads" / "issues.jsonl").read_text()
+    assert run_once(repo) == 0
+    assert (repo / ".beads" / "issues.jsonl").read_text() == before
+    assert not (repo / ".beads-runner" / "worktrees" / "t-alice").exists()
+
+
+def test_an_unsafe_id_is_refused_with_a_comment_and_never_names_a_branch(repo):
+    path = repo / ".beads" / "issues.jsonl"
+    bad = "t-1;rm -rf ~"
+    path.write_text(json.dumps({"id": bad, "title": "Hostile", "status": "open", "priority": 0,
+                                "issue_type": "task"}) + "\n")
+    JsonlTracker(repo).create("Fine", id="t-ok")
+    assert run_once(repo) == 0
+    tracker = JsonlTracker(repo)
+    hostile = tracker.show(bad)
+    assert hostile.status == "blocked" and "needs-human" in hostile.labels
+    assert "not safe as a git branch" in tracker.comments(bad)[-1]["text"]
+    assert tracker.show("t-ok").status == "closed"
+    assert "rm" not in git(repo, "branch", "--list", "--format=%(refname)")
+
+
+def test_an_agent_that_changes_nothing_fails_after_three_tries_and_goes_to_a_person(repo, tmp_path):
+    (tmp_path / "agent.py").write_text("import sys; sys.stdin.read(); print('nothing to do')\n")
+    tracker = JsonlTracker(repo)
+    tracker.create("Impossible", id="t-none")
+    assert run_once(repo) == 1
+    issue = tracker.show("t-none")
+    assert issue.status == "blocked" and "needs-human" in issue.labels
+    text = tracker.comments("t-none")[-1]["text"]
+    assert "failed at step process after 3 attempt(s)" in text and "without changing any file" in text

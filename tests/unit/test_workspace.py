@@ -1,0 +1,159 @@
+"""Git: worktrees per issue, one commit with trailers, landing fast-forward only, never on a dirty checkout."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from beads_runner.errors import UnsafeIdError
+from beads_runner.workspace import LandingRefused, Workspace, trailer_message
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "T")
+    git(path, "config", "user.email", "t@example.com")
+    (path / "a.txt").write_text("a\n")
+    (path / ".gitignore").write_text(".beads-runner/\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "init")
+    return path
+
+
+def msg(issue_id: str, title: str = "Do it") -> str:
+    return trailer_message(title, issue_id, "Body.", {"Beads-Issue": issue_id, "Beads-Run": "run-1", "Gates": "none"})
+
+
+def test_trailer_message_shape_and_flattened_values():
+    text = trailer_message("Fix\nthe thing", "bd-1", "Did it.", {"Beads-Issue": "bd-1", "Gates": "a=pass\nb=pass"})
+    assert text == "Fix the thing (bd-1)\n\nDid it.\n\nBeads-Issue: bd-1\nGates: a=pass b=pass\n"
+
+
+def test_worktree_is_reused_with_its_edits(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-1")
+    (path / "new.txt").write_text("work in progress\n")
+    assert ws.ensure_worktree("bd-1") == path
+    assert (path / "new.txt").read_text() == "work in progress\n"
+    assert ws.changed_files("bd-1") == ["new.txt"]
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_unsafe_ids_never_name_a_branch_or_path(repo):
+    ws = Workspace(repo)
+    for bad in ("../x", "a b", "x;rm -rf", "$(id)", "a\nb", "", "é", ".hidden", "x.lock"):
+        with pytest.raises(UnsafeIdError):
+            ws.ensure_worktree(bad)
+
+
+def test_commit_folds_agent_commits_into_one_and_is_idempotent(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-2")
+    (path / "one.txt").write_text("1\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "agent commit")  # the agent committed on its own
+    (path / "two.txt").write_text("2\n")
+    (path / ".beads").mkdir()
+    (path / ".beads" / "issues.jsonl").write_text("{}\n")  # never committed
+    sha = ws.commit("bd-2", msg("bd-2"))
+    assert git(path, "rev-list", "--count", "main..HEAD") == "1"
+    assert sorted(git(path, "show", "--name-only", "--format=", sha).split()) == ["one.txt", "two.txt"]
+    assert ws.commit("bd-2", msg("bd-2")) == sha  # re-run after a crash: same commit
+
+
+def test_land_fast_forwards_the_target_and_is_idempotent(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-3")
+    (path / "b.txt").write_text("b\n")
+    sha = ws.commit("bd-3", msg("bd-3"))
+    landed = ws.land("bd-3")
+    assert (landed.sha, landed.already, landed.rebased) == (sha, False, False)
+    assert git(repo, "rev-parse", "main") == sha
+    assert (repo / "b.txt").exists()  # the checkout of main was fast-forwarded
+    again = ws.land("bd-3")
+    assert again.already and again.sha == sha
+
+
+def test_land_rebases_when_the_target_moved_and_re_runs_the_gates(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-4")
+    (path / "c.txt").write_text("c\n")
+    ws.commit("bd-4", msg("bd-4"))
+    (repo / "other.txt").write_text("moved\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "someone else landed")
+    regated = []
+    landed = ws.land("bd-4", regate=lambda p: (regated.append(p) or True, "ok"))
+    assert landed.rebased and regated == [path]
+    assert git(repo, "rev-list", "--count", "HEAD") == "3"
+    assert ws.find_commit("bd-4", "refs/heads/main") == landed.sha
+
+
+def test_land_refuses_when_regate_fails_and_leaves_the_target(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-5")
+    (path / "d.txt").write_text("d\n")
+    ws.commit("bd-5", msg("bd-5"))
+    (repo / "other.txt").write_text("moved\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "moved")
+    before = git(repo, "rev-parse", "main")
+    with pytest.raises(LandingRefused, match="gates fail"):
+        ws.land("bd-5", regate=lambda p: (False, "tests: exited 1"))
+    assert git(repo, "rev-parse", "main") == before
+
+
+def test_land_never_touches_a_dirty_checkout_of_the_target(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-6")
+    (path / "e.txt").write_text("e\n")
+    ws.commit("bd-6", msg("bd-6"))
+    (repo / "a.txt").write_text("a user's unsaved edit\n")
+    before = git(repo, "rev-parse", "main")
+    with pytest.raises(LandingRefused, match="uncommitted changes"):
+        ws.land("bd-6")
+    assert git(repo, "rev-parse", "main") == before
+    assert (repo / "a.txt").read_text() == "a user's unsaved edit\n"
+    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-6")  # the branch is kept
+
+
+def test_land_with_a_conflict_refuses_and_keeps_the_branch(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-7")
+    (path / "a.txt").write_text("agent's a\n")
+    ws.commit("bd-7", msg("bd-7"))
+    (repo / "a.txt").write_text("someone else's a\n")
+    git(repo, "commit", "-q", "-am", "conflicting")
+    with pytest.raises(LandingRefused, match="does not rebase cleanly"):
+        ws.land("bd-7")
+    assert (path / "a.txt").read_text() == "agent's a\n"
+    assert not (path / ".git").is_file() or "rebase" not in git(path, "status")
+
+
+def test_land_when_target_is_not_checked_out_uses_compare_and_swap(repo):
+    git(repo, "checkout", "-q", "-b", "elsewhere")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-8")
+    (path / "f.txt").write_text("f\n")
+    sha = ws.commit("bd-8", msg("bd-8"))
+    assert ws.land("bd-8").sha == sha
+    assert git(repo, "rev-parse", "main") == sha
+
+
+def test_remove_worktree_deletes_only_merged_branches(repo):
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-9")
+    (path / "g.txt").write_text("g\n")
+    ws.commit("bd-9", msg("bd-9"))
+    ws.remove_worktree("bd-9")  # not landed: the branch must stay
+    assert not path.exists()
+    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9")
