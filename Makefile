@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # The OpenCode CLI, pinned in package.json/package-lock.json; the runner finds it here when no
-# `opencode` is on PATH and agent.command is unset.
+# `opencode` is on PATH and agent.command is unset. `npm install`, not `npm ci`: npm 11 writes a lock
+# with only this platform's optional opencode-<os>-<cpu> packages and then its own `npm ci` rejects
+# that lock as out of sync; `npm install` installs exactly the locked versions and leaves it as is.
 node_modules/.bin/opencode: package.json package-lock.json
-	npm ci --no-fund --no-audit --loglevel=error
+	npm install --no-fund --no-audit --loglevel=error
 	@test -x $@ && $@ --version >/dev/null
 	@touch $@
 
