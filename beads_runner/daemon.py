@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from beads_runner import procreg
 from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.services import Services
@@ -30,6 +31,7 @@ STATE_DB = "state.db"
 def build_engine(services: Services, *, poll: float = 0.05) -> LocalEngine:
     """The embedded engine for a repository, with the policies of its configuration."""
     cfg = services.config
+    procreg.configure(services.state_dir / "procs")
     r = cfg.engine.retry
     timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
     return LocalEngine(
@@ -40,6 +42,7 @@ def build_engine(services: Services, *, poll: float = 0.05) -> LocalEngine:
         step_timeouts=timeouts,
         default_timeout=cfg.engine.step_timeout,
         poll=poll,
+        before_resume=procreg.reap_orphans,
     )
 
 
@@ -193,6 +196,7 @@ class Runner:
         watcher = ChangeWatcher(beads_dir) if beads_dir.is_dir() else None
         # Runs left unfinished by an earlier runner are this runner's too.
         self.submitted.extend(r.id for r in self.engine.runs(statuses=("queued", "running", "failing")))
+        procreg.reap_orphans()  # agents and gates a killed runner left behind go before anything resumes
         self.take_back_stale_claims()
         self.engine.start()
         log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,

@@ -25,7 +25,8 @@ concurrent sessions and continued sessions (`opencode run --session <id>`) just 
   only `text` with "stop". Past the last turn (or round) the server answers the last text with
   "stop", so a script can never make a session loop.
 - `delay`: seconds to wait before each answer. `hang: true`: accept and never answer (until
-  `stop()`). `error`: answer `{"status": N, "message": ...}` as an OpenAI-style error body; with
+  `stop()`); on a turn (`{"hang": true}`), only that answer hangs.
+  `error`: answer `{"status": N, "message": ...}` as an OpenAI-style error body; with
   `"times": N` only the scenario's first N requests fail, the later ones follow `rounds`.
   `error.retry_after_ms` adds a `retry-after-ms` header: opencode 1.18.33 retries retryable errors
   (5xx, 429) 5 times with 2 s doubling backoff (about 75 s in all) unless the server sends
@@ -379,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, srv: ScriptedModelServer, body: dict[str, Any]) -> None:
         scenario, turn, finished = srv.choose(body)
-        if scenario["hang"]:
+        if scenario["hang"] or (turn is not None and turn.get("hang")):
             srv._stopping.wait()
             self.close_connection = True
             return

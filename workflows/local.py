@@ -187,6 +187,7 @@ class LocalEngine:
         default_timeout: float = 3600.0,
         lease: float = 30.0,
         poll: float = 0.05,
+        before_resume: Callable[[], object] | None = None,
     ):
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +199,9 @@ class LocalEngine:
         self.default_timeout = default_timeout
         self.lease = lease
         self.poll = poll
+        # Called before steps of a dead owner are resumed (the runner kills that owner's agents here,
+        # so two sessions never edit one worktree).
+        self.before_resume = before_resume
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = threading.local()
         self._running: dict[tuple[str, str], _Context] = {}
@@ -355,9 +359,11 @@ class LocalEngine:
         rows = self._conn().execute(
             "SELECT run_id, name, owner, lease_until, attempt FROM steps WHERE status='running' AND owner != ?",
             (self.owner,)).fetchall()
-        for row in rows:
-            if row["lease_until"] is not None and row["lease_until"] > now and _owner_alive(row["owner"]):
-                continue
+        orphans = [row for row in rows
+                    if not (row["lease_until"] is not None and row["lease_until"] > now and _owner_alive(row["owner"]))]
+        if orphans and self.before_resume is not None:
+            self.before_resume()
+        for row in orphans:
             with self._tx() as db:
                 changed = db.execute(
                     "UPDATE steps SET status='pending', owner=NULL, lease_until=NULL, deadline=NULL, "

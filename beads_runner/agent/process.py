@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beads_runner import procreg
+
 LineCallback = Callable[[str], None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
@@ -145,6 +147,8 @@ def run_supervised(
         thread.start()
 
     timed_out = stalled = cancelled = False
+    registration = procreg.registered(proc.pid, f"agent {argv[0]}")
+    registration.__enter__()
     try:
         while True:
             if _exited(proc.pid):
@@ -168,6 +172,7 @@ def run_supervised(
         # On a limit, and also after a normal exit (leftover children of the group), and if this
         # thread is interrupted: the group goes.
         kill_group(proc, kill_grace if (timed_out or stalled or cancelled) else 0.0)
+        registration.__exit__(None, None, None)
         deadline = time.monotonic() + READER_GRACE
         for thread in threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,115 @@
+"""The process groups the runner started (agent sessions, gates), recorded on disk.
+
+Agents and gates run in their own sessions so that a timeout can kill a whole group (opencode and
+every tool it spawned). The price: killing the runner with SIGKILL does not kill them. So every
+group is recorded in `.beads-runner/procs/` while it runs, and the next runner for the repository
+(or any live runner, when it finds the owner dead) kills the groups whose owner is gone — before
+the interrupted step runs again in the same worktree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("beads_runner.procreg")
+
+_dir: Path | None = None
+_lock = threading.Lock()
+
+
+def configure(directory: Path | None) -> None:
+    """Where this process records its children (None: nowhere)."""
+    global _dir
+    with _lock:
+        _dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, ticks: int | None) -> bool:
+    now = start_ticks(pid)
+    if now is None:
+        try:
+            os.kill(pid, 0)  # no /proc (not Linux): existence is all we can know
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return ticks is None
+    return ticks is None or now == ticks
+
+
+@contextmanager
+def registered(pgid: int, what: str) -> Iterator[None]:
+    """Record the group `pgid` (led by the child of that pid) for as long as the block runs."""
+    directory = _dir
+    path = None
+    if directory is not None:
+        me = os.getpid()
+        path = directory / f"{me}-{pgid}.json"
+        record = {"pgid": pgid, "start": start_ticks(pgid), "owner": me, "owner_start": start_ticks(me),
+                  "what": what, "since": time.time()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    try:
+        yield
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def reap_orphans(directory: Path | None = None) -> list[dict]:
+    """Kill the recorded groups whose owner process is gone; returns what was reaped."""
+    directory = directory or _dir
+    if directory is None or not directory.is_dir():
+        return []
+    reaped = []
+    for path in directory.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if _alive(record["owner"], record.get("owner_start")):
+            continue
+        pgid = record["pgid"]
+        leader_now = start_ticks(pgid)
+        if leader_now is not None and record.get("start") is not None and leader_now != record["start"]:
+            path.unlink(missing_ok=True)  # the pid was reused by an unrelated process: not ours to kill
+            continue
+        killed = False
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            killed = True
+            if sig == signal.SIGTERM:
+                time.sleep(1.0)
+        if killed:
+            log.warning("killed a process group left by a dead runner", pgid=pgid, what=record.get("what"),
+                        dead_owner=record["owner"])
+            reaped.append(record)
+        path.unlink(missing_ok=True)
+    return reaped
