@@ -12,7 +12,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from beads_runner.errors import ConfigError
 
@@ -94,15 +103,9 @@ class LandConfig(_Section):
     remote: str = "origin"
 
 
-class GateConfig(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    run: str = Field(min_length=1)
-    timeout: Duration = 600.0
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("run")
-    @classmethod
-    def _splittable(cls, value: str) -> str:
+def _command_line(value: Any) -> Any:
+    """`run`: a command line (split like a shell would, never run by one) or an argv list."""
+    if isinstance(value, str):
         try:
             argv = shlex.split(value)
         except ValueError as exc:
@@ -110,10 +113,85 @@ class GateConfig(_Section):
         if not argv:
             raise ValueError("a non-empty command line")
         return value
+    if isinstance(value, list):
+        if not value or not all(isinstance(a, str) for a in value) or not value[0]:
+            raise ValueError("a non-empty list of strings (the argv), or a command line string")
+        return value
+    raise ValueError("a command line string or a list of strings (the argv)")
+
+
+def _globs(value: Any) -> Any:
+    """A glob or a list of globs, each checked to compile."""
+    from quality_gates.globs import compile_glob
+
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('a list of globs like ["src/**/*.py", "*.toml"]')
+    for pattern in value:
+        try:
+            compile_glob(pattern)
+        except ValueError as exc:
+            raise ValueError(f"a list of valid globs; {exc}") from None
+    return value
+
+
+def _regex(value: Any) -> Any:
+    if value is None:
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a regular expression (a string)")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return value
+
+
+Globs = Annotated[list[str], BeforeValidator(_globs)]
+RESERVED_GATE_PREFIX = "diff."  # the diff gates' names
+
+
+class GateConfig(_Section):
+    """One `[[gates]]` entry: a command run (without a shell) in the worktree; exit 0 passes."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    run: Annotated[str | list[str], BeforeValidator(_command_line)]
+    timeout: Duration = 600.0
+    env: dict[str, str] = Field(default_factory=dict)  # added to the gate's environment
+    when: Globs = Field(default_factory=list)  # run only if the change touches a matching file
+    baseline: StrictBool = False  # fail only for failures the target does not already have
+    baseline_match: Annotated[str | None, BeforeValidator(_regex)] = None  # failure lines (default: all)
+    baseline_ignore_numbers: StrictBool = True  # line/column numbers do not tell failures apart
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(RESERVED_GATE_PREFIX):
+            raise ValueError(f"a name not starting with {RESERVED_GATE_PREFIX!r} (the diff gates' names)")
+        return value
 
     @property
     def argv(self) -> list[str]:
-        return shlex.split(self.run)
+        return list(self.run) if isinstance(self.run, list) else shlex.split(self.run)
+
+    @property
+    def budget(self) -> float:
+        """The longest this gate can take: twice its timeout with a baseline run."""
+        return self.timeout * (2 if self.baseline else 1)
+
+
+class DiffConfig(_Section):
+    """`[diff]`: checks on the change itself, against the merge-base with the target."""
+
+    enabled: StrictBool = True
+    require_change: StrictBool = True  # an empty change fails
+    max_lines: StrictInt | None = Field(None, ge=1)  # changed lines (added + deleted); unset: no limit
+    max_files: StrictInt | None = Field(None, ge=1)
+    size_ignore: Globs = Field(default_factory=list)  # not counted by max_lines/max_files (lock files…)
+    forbidden: Globs = Field(default_factory=list)  # added to .beads/**, .beads-runner/**, .git/**
+    secrets: StrictBool = True  # no added private key, .env file or token
+    secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
 
 
 class Config(_Section):
@@ -122,6 +200,7 @@ class Config(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     land: LandConfig = Field(default_factory=LandConfig)
     gates: list[GateConfig] = Field(default_factory=list)
+    diff: DiffConfig = Field(default_factory=DiffConfig)
 
     @field_validator("gates")
     @classmethod
@@ -131,6 +210,11 @@ class Config(_Section):
         if dupes:
             raise ValueError(f"gate names must be unique; repeated: {', '.join(dupes)}")
         return gates
+
+    @property
+    def gates_budget(self) -> float:
+        """The longest the gates can take together (baseline runs included), for the verify step's timeout."""
+        return sum(g.budget for g in self.gates) + (60.0 if self.diff.enabled else 0.0)
 
 
 def _key_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:

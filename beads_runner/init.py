@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from beads_runner.config import CONFIG_FILE, STATE_DIR
@@ -41,29 +44,84 @@ backoff_max = "30s"
 [land]
 target = "main"           # the branch that receives the work
 
+# Checks on the change itself, against the merge-base with the target.
+[diff]
+# max_lines = 800         # changed lines (added + deleted); unset: no limit
+# max_files = 40
+# forbidden = [".github/workflows/**"]   # added to .beads/**, .beads-runner/**, .git/**
+# secrets = true          # no private key, .env file or token may be added
+# secrets_allow = ["tests/fixtures/**"]
+
 # Quality gates: commands run (without a shell) in the issue's worktree; all must pass.
+# Per gate: env = {{}} (added environment), when = ["src/**"] (run only if the change touches these),
+# baseline = true (fail only for failures the target does not already have).
 {gates}"""
 
 
-def propose_gates(repo: Path) -> list[tuple[str, str, bool]]:
-    """(name, command, enabled) for the checks this repository appears to have."""
-    found: list[tuple[str, str, bool]] = []
-    pyproject = (repo / "pyproject.toml").read_text(encoding="utf-8", errors="replace") \
-        if (repo / "pyproject.toml").is_file() else ""
-    if (repo / "tests").is_dir() or (repo / "pytest.ini").is_file() or "[tool.pytest" in pyproject:
-        found.append(("tests", "python -m pytest -q", True))
-    if "[tool.ruff" in pyproject or (repo / "ruff.toml").is_file():
-        found.append(("lint", "ruff check .", True))
-    if "[tool.mypy" in pyproject or (repo / "mypy.ini").is_file():
-        found.append(("types", "mypy .", True))
-    if (repo / "package.json").is_file():
-        found.append(("npm-test", "npm test --silent", True))
+_NPM_PLACEHOLDER = "no test specified"
+_MAKE_TEST = re.compile(r"^test\s*::?(?!=)", re.MULTILINE)  # a `test:` rule, not `test := value`
+
+
+@dataclass(frozen=True)
+class GateProposal:
+    name: str
+    run: str
+    enabled: bool = True  # False: written commented out
+    baseline: bool = False  # linters: fail only for findings the target does not already have
+
+    def __iter__(self):  # (name, run, enabled), as propose_gates returned before
+        return iter((self.name, self.run, self.enabled))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
+
+
+def _python() -> str:
+    return "python" if shutil.which("python") or not shutil.which("python3") else "python3"
+
+
+def _npm_test_script(repo: Path) -> str | None:
+    try:
+        data = json.loads(_read(repo / "package.json") or "{}")
+    except json.JSONDecodeError:
+        return None
+    scripts = data.get("scripts") if isinstance(data, dict) else None
+    test = scripts.get("test") if isinstance(scripts, dict) else None
+    return test if isinstance(test, str) and test.strip() and _NPM_PLACEHOLDER not in test else None
+
+
+def propose_gates(repo: Path) -> list[GateProposal]:
+    """The checks this repository appears to have, in the order they are worth running."""
+    found: list[GateProposal] = []
+    pyproject = _read(repo / "pyproject.toml")
+    setup_cfg = _read(repo / "setup.cfg")
+    tox_ini = _read(repo / "tox.ini")
+    is_python = bool(pyproject) or (repo / "setup.py").is_file() or bool(setup_cfg) or any(repo.glob("*.py"))
+    pytest_config = ("[tool.pytest" in pyproject or (repo / "pytest.ini").is_file() or "[tool:pytest]" in setup_cfg
+                     or "[pytest]" in tox_ini or (repo / "conftest.py").is_file())
+    has_python_tests = any((repo / d).is_dir() and any((repo / d).rglob("test*.py")) for d in ("tests", "test"))
+    if pytest_config or (is_python and has_python_tests):
+        found.append(GateProposal("tests", f"{_python()} -m pytest -q"))
+    if "[tool.ruff" in pyproject or (repo / "ruff.toml").is_file() or (repo / ".ruff.toml").is_file():
+        found.append(GateProposal("lint", "ruff check .", baseline=True))
+    if ("[tool.mypy" in pyproject or (repo / "mypy.ini").is_file() or (repo / ".mypy.ini").is_file()
+            or "[mypy]" in setup_cfg):
+        found.append(GateProposal("types", "mypy .", baseline=True))
+    if _npm_test_script(repo) is not None:
+        runner = "pnpm" if (repo / "pnpm-lock.yaml").is_file() else "yarn" if (repo / "yarn.lock").is_file() else "npm"
+        found.append(GateProposal("npm-test", f"{runner} test --silent" if runner == "npm" else f"{runner} test"))
     if (repo / "go.mod").is_file():
-        found.append(("go-test", "go test ./...", True))
+        found.append(GateProposal("go-test", "go test ./..."))
     if (repo / "Cargo.toml").is_file():
-        found.append(("cargo-test", "cargo test", True))
-    if (repo / "Makefile").is_file() and "\ntest:" in "\n" + (repo / "Makefile").read_text(errors="replace"):
-        found.append(("make-test", "make test", not found))
+        found.append(GateProposal("cargo-test", "cargo test"))
+    makefile = next((p for p in ("GNUmakefile", "makefile", "Makefile") if (repo / p).is_file()), None)
+    if makefile and _MAKE_TEST.search(_read(repo / makefile)):
+        # Likely the same tests as above when something else was found: proposed, commented out.
+        found.append(GateProposal("make-test", "make test", enabled=not found))
     return found
 
 
@@ -71,10 +129,12 @@ def render_config(repo: Path) -> str:
     gates = propose_gates(repo)
     if gates:
         blocks = []
-        for name, run, enabled in gates:
-            prefix = "" if enabled else "# "
-            blocks.append("".join(f"{prefix}{line}\n" for line in
-                                  ("[[gates]]", f'name = "{name}"', f'run = "{run}"', 'timeout = "10m"')))
+        for g in gates:
+            prefix = "" if g.enabled else "# "
+            lines = ["[[gates]]", f"name = {json.dumps(g.name)}", f"run = {json.dumps(g.run)}", 'timeout = "10m"']
+            if g.baseline:
+                lines.append("baseline = true           # fail only for findings the target does not already have")
+            blocks.append("".join(f"{prefix}{line}\n" for line in lines))
         gate_text = "\n".join(blocks)
     else:
         gate_text = ('# No test command was found. Add one, for example:\n# [[gates]]\n# name = "tests"\n'

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from beads_runner.config import STATE_DIR, Config, load_config
 from beads_runner.workspace import Workspace
-from quality_gates import CommandGate, Gate
+from quality_gates import Gate
+from quality_gates.factory import gates_from_config
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Services:
 
     @cached_property
     def gates(self) -> list[Gate]:
-        return [CommandGate(g.name, g.argv, g.timeout, g.env) for g in self.config.gates]
+        # The diff gates, then the [[gates]] commands; all measured against [land] target.
+        return gates_from_config(self.config, target=self.config.land.target)
 
 
 _cache: dict[Path, Services] = {}

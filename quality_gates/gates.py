@@ -1,16 +1,26 @@
-"""Gates: checks the runner runs itself on the agent's work. The agent's word counts for nothing."""
+"""Gates: checks the runner runs itself on the agent's work. The agent's word counts for nothing.
+
+A gate gets a `GateInput` (the worktree, the target it is measured against, the changed files)
+and returns a `GateReport`; it never raises for a failing check. `run_suite` runs them all.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from beads_runner import procreg
+from quality_gates.baseline import compare, path_roots
+from quality_gates.change import Change, ChangeError, read_change, repo_toplevel, temporary_worktree
+from quality_gates.globs import matches, validate_globs
 from quality_gates.report import GateReport, SuiteReport
 
 TAIL_CHARS = 4000
@@ -20,45 +30,96 @@ def tail_text(text: str, limit: int = TAIL_CHARS) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
+class GateInput:
+    """What every gate of one suite run looks at. The change is read from git once, when first needed.
+
+    workdir: where the gates run (the issue's worktree, or the checkout for `beads-runner gates`).
+    target: the branch the change is measured against (its merge-base with HEAD); None: unknown, so
+        diff gates report an error, `when` runs every gate and baselines cannot be taken.
+    changed_files: the changed paths, if the caller knows them; by default read from git.
+    repo_root: the repository temporary baseline worktrees are made from (default: workdir).
+    """
+
+    def __init__(self, workdir: Path, *, target: str | None = None, changed_files: Sequence[str] | None = None,
+                 repo_root: Path | None = None):
+        self.workdir = Path(workdir)
+        self.target = target
+        self.repo_root = Path(repo_root) if repo_root is not None else self.workdir
+        self._changed_files = list(changed_files) if changed_files is not None else None
+        self._change: Change | ChangeError | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, value: GateInput | Path | str) -> GateInput:
+        return value if isinstance(value, GateInput) else cls(Path(value))
+
+    def change(self, target: str | None = None) -> Change:
+        """The change against `target` (default: this input's). ChangeError if it cannot be read."""
+        target = self.target or target
+        if target is None:
+            raise ChangeError("no target branch to measure the change against")
+        with self._lock:
+            if self._change is None:
+                try:
+                    self._change = read_change(self.workdir, target)
+                except ChangeError as exc:
+                    self._change = exc
+            if isinstance(self._change, ChangeError):
+                raise self._change
+            return self._change
+
+    def changed_files(self, target: str | None = None) -> list[str] | None:
+        """The changed paths, or None when they cannot be known (no target, git failing)."""
+        if self._changed_files is not None:
+            return self._changed_files
+        try:
+            return self.change(target).paths
+        except ChangeError:
+            return None
+
+
 @runtime_checkable
 class Gate(Protocol):
     name: str
 
-    def run(self, workdir: Path, *, cancel: threading.Event | None = None, log_dir: Path | None = None) -> GateReport:
-        """Check `workdir`; never raise for a failing check, report it."""
+    def run(self, inp: GateInput, *, cancel: threading.Event | None = None,
+            log_dir: Path | None = None) -> GateReport:
+        """Check `inp.workdir`; never raise for a failing check, report it."""
 
 
-class CommandGate:
-    """A command (argv, never a shell) run in the worktree; exit 0 passes."""
+@dataclass
+class _Outcome:
+    output: str
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool = False
+    cancelled: bool = False
+    start_error: str = ""
 
-    def __init__(self, name: str, argv: Sequence[str], timeout: float = 600.0, env: dict[str, str] | None = None):
-        if not argv:
-            raise ValueError(f"gate {name!r} has an empty command")
-        self.name = name
-        self.argv = list(argv)
-        self.timeout = timeout
-        self.env = dict(env or {})
 
-    def run(self, workdir: Path, *, cancel: threading.Event | None = None, log_dir: Path | None = None) -> GateReport:
-        started = time.monotonic()
-        log_path = (log_dir / f"gate-{self.name}.log") if log_dir else None
-        env = {**os.environ, **self.env}
-        try:
-            proc = subprocess.Popen(
-                self.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        except OSError as exc:
-            return GateReport(
-                name=self.name, status="error", duration_s=time.monotonic() - started,
-                reason=f"cannot run {self.argv[0]!r}: {exc.strerror or exc}",
-            )
-        chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")),
-                                  daemon=True)
-        reader.start()
-        deadline = started + self.timeout
-        timed_out = cancelled = False
+def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str, str] | None = None,
+                cancel: threading.Event | None = None, log_path: Path | None = None) -> _Outcome:
+    """Run `argv` (no shell) in its own process group; on timeout or cancel the whole group is killed."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv), cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except OSError as exc:
+        return _Outcome("", None, time.monotonic() - started,
+                        start_error=f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+    chunks: list[bytes] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: stdout.read(65536), b"")), daemon=True)
+    reader.start()
+    deadline = started + timeout
+    timed_out = cancelled = False
+    # Recorded while it runs, so a runner killed with SIGKILL does not leave the gate running.
+    registration = procreg.registered(proc.pid, f"gate {argv[0]}")
+    registration.__enter__()
+    try:
         while proc.poll() is None:
             if cancel is not None and cancel.is_set():
                 cancelled = True
@@ -71,21 +132,120 @@ class CommandGate:
                 proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
-        reader.join(timeout=5)
-        output = b"".join(chunks).decode("utf-8", errors="replace")
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text(output, encoding="utf-8")
-        duration = time.monotonic() - started
-        common = {"name": self.name, "duration_s": duration, "exit_code": proc.returncode,
-                      "output_tail": tail_text(output), "log_path": str(log_path) if log_path else None}
-        if timed_out:
-            return GateReport(status="fail", reason=f"timed out after {self.timeout:g}s", **common)
-        if cancelled:
-            return GateReport(status="error", reason="cancelled", **common)
-        if proc.returncode != 0:
-            return GateReport(status="fail", reason=f"exited {proc.returncode}", **common)
-        return GateReport(status="pass", **common)
+    except BaseException:  # KeyboardInterrupt in `beads-runner gates`: leave nothing running
+        kill_group(proc, grace=0.5)
+        raise
+    else:
+        # The leader exited: members of its group it left behind (a daemonised server) go too.
+        _sweep(proc.pid)
+    finally:
+        registration.__exit__(None, None, None)
+    reader.join(timeout=5)
+    output = b"".join(chunks).decode("utf-8", errors="replace")
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(output, encoding="utf-8")
+    return _Outcome(output, proc.returncode, time.monotonic() - started, timed_out, cancelled)
+
+
+class CommandGate:
+    """A command (argv, never a shell) run in the worktree; exit 0 passes.
+
+    when: globs; the gate runs only if the change touches a matching file (else: skipped).
+    baseline: on failure, run the command on the target's commit too (a temporary worktree) and
+        fail only for failure lines the target does not have. `baseline_match` (a regex) picks the
+        failure lines out of the output (default: every non-blank line); `ignore_numbers` makes
+        line/column numbers (every standalone number) irrelevant to the comparison.
+    target: the branch to use when the GateInput names none.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], timeout: float = 600.0, env: dict[str, str] | None = None,
+                 *, when: Sequence[str] = (), baseline: bool = False, baseline_match: str | None = None,
+                 ignore_numbers: bool = True, target: str | None = None):
+        if not argv:
+            raise ValueError(f"gate {name!r} has an empty command")
+        if timeout <= 0:
+            raise ValueError(f"gate {name!r}: timeout must be positive")
+        self.name = name
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.env = dict(env or {})
+        self.when = validate_globs(when)
+        self.baseline = baseline
+        self.baseline_match = re.compile(baseline_match) if baseline_match else None
+        self.ignore_numbers = ignore_numbers
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"CommandGate({self.name!r}, {self.argv!r})"
+
+    def run(self, inp: GateInput | Path, *, cancel: threading.Event | None = None,
+            log_dir: Path | None = None) -> GateReport:
+        inp = GateInput.of(inp)
+        if self.when:
+            changed = inp.changed_files(self.target)
+            if changed is not None and not any(matches(p, self.when) for p in changed):
+                return GateReport(name=self.name, status="skipped",
+                                  reason=f"the change touches no file matching {', '.join(self.when)}")
+        log_path = (log_dir / f"gate-{self.name}.log") if log_dir else None
+        out = run_command(self.argv, inp.workdir, timeout=self.timeout, env=self.env, cancel=cancel,
+                          log_path=log_path)
+        report = GateReport(name=self.name, status="pass", duration_s=out.duration_s, exit_code=out.exit_code,
+                            output_tail=tail_text(out.output), log_path=str(log_path) if log_path else None)
+        if out.start_error:
+            return report.model_copy(update={"status": "error", "reason": out.start_error})
+        if out.timed_out:
+            return report.model_copy(update={"status": "fail", "reason": f"timed out after {self.timeout:g}s"})
+        if out.cancelled:
+            return report.model_copy(update={"status": "error", "reason": "cancelled"})
+        if out.exit_code == 0:
+            return report
+        failed = report.model_copy(update={"status": "fail", "reason": f"exited {out.exit_code}"})
+        if not self.baseline:
+            return failed
+        return self._against_baseline(inp, out, failed, cancel, log_dir)
+
+    def _against_baseline(self, inp: GateInput, out: _Outcome, failed: GateReport,
+                          cancel: threading.Event | None, log_dir: Path | None) -> GateReport:
+        started = time.monotonic()
+
+        def result(**update) -> GateReport:
+            update["duration_s"] = out.duration_s + time.monotonic() - started
+            return failed.model_copy(update=update)
+
+        try:
+            change = inp.change(self.target)
+            rel = inp.workdir.resolve().relative_to(repo_toplevel(inp.workdir).resolve())
+            with temporary_worktree(inp.repo_root, change.base) as tree:
+                log_path = (log_dir / f"gate-{self.name}.baseline.log") if log_dir else None
+                base = run_command(self.argv, tree / rel, timeout=self.timeout, env=self.env, cancel=cancel,
+                                   log_path=log_path)
+                roots = path_roots(inp.workdir, tree, tree / rel)
+        except (ChangeError, ValueError) as exc:
+            return result(reason=f"exited {out.exit_code}; no baseline to compare with ({exc})")
+        where = f"{change.target} at {change.base[:10]}"
+        if base.cancelled:
+            return result(status="error", reason="cancelled")
+        if base.start_error or base.timed_out:
+            why = base.start_error or f"timed out after {self.timeout:g}s"
+            return result(reason=f"exited {out.exit_code}; the baseline run on {where} failed to run ({why})")
+        if base.exit_code == 0:
+            return result(reason=f"exited {out.exit_code}; passes on {where}, so every failure is new")
+        cmp = compare(out.output, base.output, roots, match=self.baseline_match, ignore_numbers=self.ignore_numbers)
+        if cmp.new:
+            return result(reason=f"{len(cmp.new)} new failure line(s) not on {where}"
+                                 f" ({len(cmp.preexisting)} pre-existing)",
+                          findings=cmp.new, preexisting=cmp.preexisting)
+        return result(status="pass", preexisting=cmp.preexisting,
+                      reason=f"exited {out.exit_code} with only pre-existing failures"
+                             f" ({len(cmp.preexisting)} line(s), also on {where})")
+
+
+def _sweep(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
@@ -101,13 +261,29 @@ def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
         except subprocess.TimeoutExpired:
             continue
     # The leader may be gone while members of its group live on: sweep the group once more.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    _sweep(proc.pid)
 
 
-def run_suite(gates: Sequence[Gate], workdir: Path, *, cancel: threading.Event | None = None,
-              log_dir: Path | None = None) -> SuiteReport:
-    """Run every gate (all of them, so a report shows every failure at once)."""
-    return SuiteReport(reports=[g.run(workdir, cancel=cancel, log_dir=log_dir) for g in gates])
+def run_suite(gates: Sequence[Gate], workdir: Path | GateInput, *, target: str | None = None,
+              changed_files: Sequence[str] | None = None, repo_root: Path | None = None,
+              cancel: threading.Event | None = None, log_dir: Path | None = None) -> SuiteReport:
+    """Run every gate (all of them, so a report shows every failure at once) on one GateInput.
+
+    `workdir` may be a GateInput; then `target`, `changed_files` and `repo_root` must not be given."""
+    if isinstance(workdir, GateInput):
+        if target is not None or changed_files is not None or repo_root is not None:
+            raise TypeError("pass target/changed_files/repo_root in the GateInput, not beside it")
+        inp = workdir
+    else:
+        inp = GateInput(Path(workdir), target=target, changed_files=changed_files, repo_root=repo_root)
+    reports = []
+    for gate in gates:
+        if cancel is not None and cancel.is_set():
+            reports.append(GateReport(name=gate.name, status="error", reason="cancelled before it ran"))
+            continue
+        try:
+            reports.append(gate.run(inp, cancel=cancel, log_dir=log_dir))
+        except Exception as exc:  # a gate must not raise; if one does, it fails the suite, not the step
+            reports.append(GateReport(name=gate.name, status="error",
+                                      reason=f"the gate itself failed: {type(exc).__name__}: {exc}"))
+    return SuiteReport(reports=reports)

@@ -15,13 +15,29 @@ class GateReport(BaseModel):
     status: GateStatus
     duration_s: float = 0.0
     exit_code: int | None = None
-    reason: str = ""  # one line: why it did not pass ("" when it passed)
+    reason: str = ""  # one line: why it did not pass, was skipped, or passed only thanks to the baseline
     output_tail: str = ""  # the last lines of the gate's output
     log_path: str | None = None  # the whole output
+    # What the gate found, one line each: new failure lines (baseline gates), offending paths or
+    # secret locations (diff gates). Never a secret's value.
+    findings: list[str] = Field(default_factory=list)
+    # Baseline gates: failure lines also present on the target, which therefore do not fail the change.
+    preexisting: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.status in ("pass", "skipped")
+
+
+DIFF_GROUP = "diff"
+_SEVERITY = {"skipped": 0, "pass": 1, "error": 2, "fail": 3}
+
+
+def _worst(a: str, b: str) -> str:
+    return a if _SEVERITY[a] >= _SEVERITY[b] else b
+
+
+_MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
 class SuiteReport(BaseModel):
@@ -36,8 +52,15 @@ class SuiteReport(BaseModel):
         return [r for r in self.reports if not r.ok]
 
     def trailer(self) -> str:
-        """`tests=pass lint=pass` for the `Gates:` commit trailer; `none` when no gate is configured."""
-        return " ".join(f"{r.name}={r.status}" for r in self.reports) or "none"
+        """`diff=pass tests=pass lint=fail` for the `Gates:` commit trailer; `none` when no gate ran.
+
+        The diff gates (`diff.nonempty`, `diff.paths`, …) are folded into one `diff=` entry, the
+        worst of their statuses; the report itself keeps each of them."""
+        entries: dict[str, str] = {}
+        for r in self.reports:
+            key = DIFF_GROUP if r.name.startswith(DIFF_GROUP + ".") else r.name
+            entries[key] = _worst(entries[key], r.status) if key in entries else r.status
+        return " ".join(f"{k}={v}" for k, v in entries.items()) or "none"
 
     def summary(self) -> str:
         """One line for logs and close reasons."""
@@ -47,17 +70,26 @@ class SuiteReport(BaseModel):
             return f"all {len(self.reports)} gate(s) passed"
         return "; ".join(f"{r.name}: {r.reason or r.status}" for r in self.failures)
 
-    def render_text(self, tail_lines: int = 30) -> str:
-        """A human report, with the output tail of every gate that did not pass."""
-        lines = []
+    def render_text(self, tail_lines: int = 30, list_limit: int = 20) -> str:
+        """A human report: one line per gate, what it found, the output tail of every gate that did not pass."""
+        lines: list[str] = []
         for r in self.reports:
-            mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "SKIP"}[r.status]
             extra = f" (exit {r.exit_code})" if r.exit_code not in (None, 0) else ""
-            lines.append(f"[{mark}] {r.name} {r.duration_s:.1f}s{extra}" + (f": {r.reason}" if r.reason else ""))
-            if not r.ok and r.output_tail:
+            reason = f": {r.reason}" if r.reason else ""
+            lines.append(f"[{_MARK[r.status]}] {r.name} {r.duration_s:.1f}s{extra}{reason}")
+            found = "new" if r.preexisting else "found"
+            for title, items in ((found, r.findings), ("pre-existing (also on the target)", r.preexisting)):
+                if items:
+                    lines.append(f"    {title}:")
+                    lines.extend("      " + item for item in items[:list_limit])
+                    if len(items) > list_limit:
+                        lines.append(f"      … and {len(items) - list_limit} more")
+            if not r.ok and r.output_tail and not r.findings:
                 tail = r.output_tail.splitlines()[-tail_lines:]
                 lines.extend("    " + t for t in tail)
         return "\n".join(lines) if lines else "no gates configured"
 
     def render_json(self) -> str:
-        return json.dumps(self.model_dump(), indent=2)
+        """`{"passed": bool, "summary": str, "trailer": str, "reports": [GateReport, …]}`."""
+        data = {"passed": self.passed, "summary": self.summary(), "trailer": self.trailer(), **self.model_dump()}
+        return json.dumps(data, indent=2)

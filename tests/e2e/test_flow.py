@@ -47,10 +47,10 @@ def test_four_issues_land_in_dependency_order_with_trailers_and_close_reasons(tm
         assert f"Beads-Issue: {issue_id}\n" in body
         assert re.search(r"^Beads-Run: run-\S+$", body, re.M)
         assert "Agent: opencode scripted/scripted\n" in body
-        assert "Gates: tests=pass\n" in body
+        assert "Gates: diff=pass tests=pass\n" in body
         shown = issue(repo, issue_id)
         assert shown["status"] == "closed"
-        assert shown["close_reason"] == f"Landed {sha[:8]} on main (gates: tests=pass)"
+        assert shown["close_reason"] == f"Landed {sha[:8]} on main (gates: diff=pass tests=pass)"
     # the agent's work is there and the worktrees are gone
     assert (repo / "pkg" / "beta.py").exists() or git(repo, "show", "main:pkg/beta.py")
     assert not list((repo / ".beads-runner" / "worktrees").iterdir())
