@@ -8,11 +8,15 @@ finds what was already done and goes on.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
 from beads_runner.agent.base import SessionRequest, TokenUsage
+from beads_runner.failpoints import failpoint
 from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
@@ -65,7 +69,8 @@ class CommitOutput(BaseModel):
 
 
 def _services(inp: TaskInput) -> Services:
-    return services_for(inp.repo)
+    # On a Hatchet worker the clone may live elsewhere than on the machine that submitted the run.
+    return services_for(os.environ.get("BEADS_RUNNER_REPO") or inp.repo)
 
 
 def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
@@ -99,6 +104,7 @@ def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
     svc = _services(inp)
     tracker = svc.tracker
     issue = tracker.show(inp.issue_id)
+    failpoint("check-deps")
     mine = issue.status == "in_progress" and issue.assignee == tracker.actor
     if not mine:
         if issue.status == "open" and issue.assignee in ("", tracker.actor):
@@ -122,9 +128,45 @@ def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
     return CheckDepsOutput(proceed=True, issue=issue)
 
 
+class SessionMemory:
+    """The issue's agent session, on disk beside the worktree: written as soon as the session has
+    an id, so an attempt after a crash, a stall or a failure continues that session (with its whole
+    context) instead of starting from nothing. Engine-neutral: a file, not engine state."""
+
+    def __init__(self, svc: Services, issue_id: str):
+        self.path = svc.state_dir / "sessions" / f"{require_safe_issue_id(issue_id)}.json"
+
+    def load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def save(self, **fields) -> None:
+        data = {**self.load(), **fields, "updated": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def continue_message(reason: str, changed: list[str]) -> str:
+    files = ", ".join(changed[:30]) + (" …" if len(changed) > 30 else "") if changed else "none yet"
+    return (
+        f"Your previous attempt at this issue did not finish: {reason}.\n"
+        f"The worktree still holds the changes made so far (files changed: {files}).\n"
+        "Continue the task from where it stopped; do not start over. Finish with a short summary of "
+        "the whole change."
+    )
+
+
 @_as_step_failure
 def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
-    """One agent session in the issue's own worktree. Its edits stay there whatever happens."""
+    """One agent session in the issue's own worktree. Its edits stay there whatever happens, and a
+    later attempt continues the same session from them."""
     deps: CheckDepsOutput = ctx.parent("check-deps")
     if not deps.proceed or deps.issue is None:
         return ProcessOutput(skipped=True)
@@ -132,24 +174,52 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     ws = svc.workspace
     issue = deps.issue
     worktree = ws.ensure_worktree(issue.id)
-    prompt = render_prompt(issue, load_template(svc.state_dir), ws.target)
+    memory = SessionMemory(svc, issue.id)
+    earlier = memory.load()
+    changed_before = ws.changed_files(issue.id)
+    resume_id = earlier.get("session_id") if earlier.get("run_id") == ctx.run_id else None
+    if resume_id:
+        prompt = continue_message(earlier.get("last_reason") or "the runner was stopped or crashed", changed_before)
+    else:
+        prompt = render_prompt(issue, load_template(svc.state_dir), ws.target)
+        if changed_before:
+            prompt += ("\n\nNote: this worktree already holds changes from an earlier attempt ("
+                       + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
     request = SessionRequest(
-        issue_id=issue.id, prompt=prompt, workdir=worktree,
+        issue_id=issue.id, prompt=prompt, workdir=worktree, session_id=resume_id,
         title=f"{issue.id}: {issue.title}"[:120],
         log_path=svc.run_dir(ctx.run_id) / f"agent-{ctx.attempt}.ndjson",
     )
-    ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt)
-    result = svc.agent.run(request, cancel=ctx.cancel, on_event=None)
+    seen = {"session": resume_id, "edited": False}
+
+    def on_event(event: dict) -> None:
+        sid = event.get("sessionID")
+        if sid and sid != seen["session"]:
+            seen["session"] = sid
+            memory.save(session_id=sid, run_id=ctx.run_id, last_reason=None)
+            ctx.note(session_id=sid)
+        if event.get("type") == "tool_use" and not seen["edited"]:
+            seen["edited"] = True
+            failpoint("session-edited")
+
+    ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=resume_id)
+    result = svc.agent.run(request, cancel=ctx.cancel, on_event=on_event)
     ctx.note(session_id=result.session_id, tokens=result.tokens.total, cost=result.cost,
-             duration_s=round(result.duration_s, 3), ok=result.ok, reason=result.reason)
+             duration_s=round(result.duration_s, 3), ok=result.ok, reason=result.reason, continued=bool(resume_id))
     ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
             tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
     if not result.ok:
+        if resume_id and result.events == 0:
+            memory.forget()  # the session could not be continued at all: the next attempt starts afresh
+        elif result.session_id:
+            memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason=result.reason)
         # A cancelled session (shutdown, step timeout) is always worth another attempt later.
         raise StepFailed(f"agent session failed: {result.reason}", retryable=result.retryable or result.cancelled,
                          detail=result.output_tail or result.summary)
     changed = ws.changed_files(issue.id)
     if not changed:
+        memory.save(session_id=result.session_id, run_id=ctx.run_id,
+                    last_reason="the session ended without changing any file, but the issue needs a change")
         raise StepFailed("the agent session ended without changing any file", retryable=True,
                          detail=result.summary)
     return ProcessOutput(
@@ -193,6 +263,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     })
     if ws.find_commit(issue.id, f"refs/heads/{ws.target}") is None:
         ws.commit(issue.id, message)
+        failpoint("after-commit")
 
     def regate(path) -> tuple[bool, str]:
         report = run_suite(svc.gates, path, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
@@ -201,11 +272,14 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
 
     landed = ws.land(issue.id, regate=regate)
     ctx.log("landed", sha=landed.sha, target=landed.target, rebased=landed.rebased, already=landed.already)
+    failpoint("after-land")
     reason = f"Landed {landed.sha[:8]} on {landed.target} (gates: {gates})"
     # Close only now that the target contains the commit; a closed issue is not closed twice.
     if tracker.show(issue.id).status != "closed":
         tracker.close(issue.id, reason)
+    failpoint("after-close")
     ws.remove_worktree(issue.id)
+    SessionMemory(svc, issue.id).forget()
     return CommitOutput(sha=landed.sha, target=landed.target, close_reason=reason, rebased=landed.rebased,
                         already_landed=landed.already)
 
@@ -240,7 +314,7 @@ TASK_FLOW = WorkflowSpec(
         StepSpec("process", process, ProcessOutput, parents=("check-deps",),
                  timeout=lambda config: config.agent.timeout + 60, concurrency_key=SESSION_KEY),
         StepSpec("verify", verify, VerifyOutput, parents=("process",),
-                 timeout=lambda config: sum(g.timeout for g in config.gates) + 60),
+                 timeout=lambda config: config.gates_budget + 60),
         StepSpec("commit", commit, CommitOutput, parents=("verify",),
                  timeout=lambda config: config.engine.step_timeout),
     ),
