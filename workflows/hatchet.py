@@ -1,0 +1,677 @@
+"""The Hatchet backend: the same `TASK_FLOW` and the same step functions, run by a Hatchet engine.
+
+Nothing here re-states the workflow. `build_workflow` walks `TASK_FLOW.steps` and declares one
+Hatchet task per step with the spec's parents, the configured retry policy and timeouts, the
+session cap (task-level concurrency on the step that holds the `opencode` key) and an
+on-failure task that calls the very `on_failure` handler the embedded engine calls.
+
+Steps are plain sync functions; each Hatchet task is async and runs its step in a worker thread,
+so a cancellation (timeout, `hatchet.runs.cancel`, worker shutdown) reaches the step through
+`StepContext.cancel` and the agent can kill its process group.
+
+`run_worker` is `beads-runner worker`; `start_with_hatchet` is `beads-runner start` with
+`engine.kind = "hatchet"`: the same poll → claim → submit loop as the embedded engine
+(`beads_runner.daemon.Runner`), on an adapter that reads and starts runs through Hatchet's API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import math
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+from pydantic import BaseModel
+
+from beads_runner.config import Config
+from beads_runner.daemon import PollResult, Runner
+from beads_runner.errors import RunnerError
+from beads_runner.services import Services
+from workflows.local import RunView, StepView
+from workflows.spec import StepFailed, StepSpec, WorkflowSpec
+from workflows.task_flow import TASK_FLOW
+
+log = structlog.get_logger("beads_runner.hatchet")
+
+# Time a session may wait behind the `max_sessions` cap before Hatchet gives up on it. Queued work
+# is the normal state of a busy backlog: it must not be cancelled after Hatchet's default 5 minutes.
+PROCESS_SCHEDULE_TIMEOUT = timedelta(hours=24)
+# The other steps wait for a free worker slot only; an hour covers a worker being restarted.
+SCHEDULE_TIMEOUT = timedelta(hours=1)
+# While a session runs, its execution timeout is pushed out by this much every this often, up to
+# one extra spec timeout in all (the agent enforces `agent.timeout` itself; this is the backstop).
+REFRESH_EVERY = 60.0
+# After a cancellation, how long the task waits for the step's thread to wind down.
+CANCEL_GRACE = 30.0
+RATE_LIMIT_KEY = "beads-runner-sessions"
+# Metadata on every run this runner submits: how `start` finds its own runs again.
+META_WORKFLOW = "beads_workflow"
+META_REPO = "beads_repo"
+META_ISSUE = "beads_issue"
+# A StepFailed travels to the on-failure task inside the error text Hatchet stores.
+FAILURE_MARKER = "[beads-runner-failure "
+DETAIL_LIMIT = 4000
+
+DOCKER_COMPOSE_ENV = (
+    "create an API token in the Hatchet dashboard (http://localhost:8888 with docker-compose.yml: "
+    "Settings → API Tokens) and export HATCHET_CLIENT_TOKEN=<token>; for the docker-compose engine also "
+    "export HATCHET_CLIENT_HOST_PORT=localhost:7077 and HATCHET_CLIENT_TLS_STRATEGY=none "
+    "(see docs/hatchet.md)"
+)
+
+_STATUS = {"QUEUED": "queued", "RUNNING": "running", "COMPLETED": "succeeded", "FAILED": "failed",
+           "CANCELLED": "cancelled"}
+_ACTIVE = ("queued", "running")
+
+
+# --- the client -------------------------------------------------------------------------------------
+def make_client():
+    """A Hatchet client from the HATCHET_CLIENT_* environment; opens no connection yet.
+
+    Every setting is read now (not at import), so a token exported after start-up counts."""
+    from hatchet_sdk import ClientConfig, Hatchet
+    from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
+
+    try:
+        config = ClientConfig(tls_config=ClientTLSConfig(), tenacity=TenacityConfig())
+        return Hatchet(config=config)
+    except Exception as exc:  # noqa: BLE001 - pydantic, base64 and JSON errors all mean a bad token
+        text = str(exc)
+        if "API token is required" in text:
+            raise RunnerError("HATCHET_CLIENT_TOKEN is not set (engine.kind = \"hatchet\" needs an API token)",
+                              fix=DOCKER_COMPOSE_ENV) from None
+        problem = next((line.strip() for line in text.splitlines()
+                        if line.strip() and not line.strip().startswith("For further")), type(exc).__name__)
+        if "validation error" in problem:
+            problem = next((line.strip() for line in text.splitlines()[1:] if line.strip().startswith("Value")),
+                           problem)
+        raise RunnerError(f"HATCHET_CLIENT_TOKEN is not a valid Hatchet API token ({problem[:200]})",
+                          fix="copy the whole token again (a JWT starting with \"ey\"); "
+                          + DOCKER_COMPOSE_ENV) from None
+
+
+def check_hatchet_config() -> str:
+    """For `doctor`: the token is there and parses, and says where the engine is."""
+    from hatchet_sdk.token import extract_claims_from_jwt
+
+    hatchet = make_client()
+    cfg = hatchet.config
+    try:
+        claims = extract_claims_from_jwt(cfg.token)
+    except Exception as exc:  # noqa: BLE001
+        raise RunnerError(f"HATCHET_CLIENT_TOKEN cannot be read: {exc}", fix=DOCKER_COMPOSE_ENV) from None
+    host = cfg.host_port
+    tls = cfg.tls_config.strategy
+    if not host or ":" not in host:
+        raise RunnerError(f"the Hatchet gRPC address {host!r} has no port",
+                          fix="export HATCHET_CLIENT_HOST_PORT=<host>:<port> (localhost:7077 for docker-compose.yml)")
+    if tls not in ("tls", "mtls", "none"):
+        raise RunnerError(f"HATCHET_CLIENT_TLS_STRATEGY={tls!r} is not one of tls, mtls, none",
+                          fix="export HATCHET_CLIENT_TLS_STRATEGY=none for docker-compose.yml, tls for Hatchet Cloud")
+    if tls != "none" and host.split(":")[0] in ("localhost", "127.0.0.1", "0.0.0.0"):
+        raise RunnerError(f"TLS strategy {tls!r} for the local engine at {host}; hatchet-lite speaks plain gRPC",
+                          fix="export HATCHET_CLIENT_TLS_STRATEGY=none")
+    return (f"hatchet: tenant {claims.sub}, gRPC {host} (TLS {tls}), API {cfg.server_url}"
+            f"{', namespace ' + cfg.namespace if cfg.namespace else ''} (token parsed; engine not contacted)")
+
+
+# --- failures across the engine boundary ------------------------------------------------------------
+class StepFailedRetryable(Exception):
+    """A retryable StepFailed, as Hatchet sees it: any exception but NonRetryableException is retried."""
+
+
+def encode_failure(exc: StepFailed, attempt: int) -> str:
+    """One line: the reason people read in the dashboard, then what `on_failure` needs."""
+    detail = exc.detail or ""
+    if len(detail) > DETAIL_LIMIT:
+        detail = "…" + detail[-DETAIL_LIMIT:]
+    payload = json.dumps({"reason": exc.reason, "detail": detail, "retryable": exc.retryable, "attempt": attempt},
+                         ensure_ascii=True)
+    return f"{' '.join(exc.reason.split())} {FAILURE_MARKER}{payload}]"
+
+
+def to_hatchet_error(exc: StepFailed, attempt: int) -> Exception:
+    from hatchet_sdk.exceptions import NonRetryableException
+
+    text = encode_failure(exc, attempt)
+    return StepFailedRetryable(text) if exc.retryable else NonRetryableException(text)
+
+
+def decode_failure(text: str) -> tuple[StepFailed, int | None]:
+    """The StepFailed (and its attempt) back from a stored error; any other error becomes its first line."""
+    text = text or ""
+    at = text.find(FAILURE_MARKER)
+    if at >= 0:
+        try:
+            data, _ = json.JSONDecoder().raw_decode(text, at + len(FAILURE_MARKER))
+            return (StepFailed(str(data.get("reason") or "failed"), retryable=bool(data.get("retryable")),
+                               detail=str(data.get("detail") or "")),
+                    int(data["attempt"]) if data.get("attempt") else None)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "failed (no error recorded)")
+    return StepFailed(first, retryable=False, detail=text[-DETAIL_LIMIT:] if len(text) > len(first) else ""), None
+
+
+# --- the StepContext a step gets under Hatchet ----------------------------------------------------
+class Channel(Protocol):
+    """What the adapter sends to Hatchet besides the result. Must never raise nor block a step long."""
+
+    def log(self, line: str) -> None: ...
+
+    def stream(self, data: str) -> None: ...
+
+    def refresh(self, seconds: float) -> None: ...
+
+
+class HatchetChannel:
+    """`ctx.log` (queued, non-blocking), `ctx.put_stream` (sent from a background thread, because it
+    retries over the network) and `ctx.refresh_timeout`; every failure is logged and dropped."""
+
+    def __init__(self, ctx: Any):
+        self._ctx = ctx
+        self._streams: queue.Queue[str | None] = queue.Queue(maxsize=1000)
+        self._sender: threading.Thread | None = None
+
+    def log(self, line: str) -> None:
+        try:
+            self._ctx.log(line)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("hatchet log dropped", error=str(exc))
+
+    def stream(self, data: str) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send, name="hatchet-stream", daemon=True)
+            self._sender.start()
+        try:
+            self._streams.put_nowait(data)
+        except queue.Full:
+            log.debug("hatchet stream event dropped")
+
+    def _send(self) -> None:
+        while (data := self._streams.get()) is not None:
+            try:
+                self._ctx.put_stream(data)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("hatchet stream event failed", error=str(exc))
+
+    def refresh(self, seconds: float) -> None:
+        try:
+            self._ctx.refresh_timeout(timedelta(seconds=max(1, int(seconds))))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not refresh the step's timeout", error=str(exc))
+
+
+class HatchetStepContext:
+    """`workflows.spec.StepContext` over a Hatchet `Context`."""
+
+    def __init__(self, ctx: Any, step: str, inp: BaseModel, tasks: dict[str, Any], flow: WorkflowSpec,
+                 channel: Channel):
+        self.run_id: str = ctx.workflow_run_id
+        self.attempt: int = ctx.retry_count + 1
+        self.cancel = threading.Event()
+        self._ctx = ctx
+        self._step = step
+        self._tasks = tasks
+        self._flow = flow
+        self._channel = channel
+        self._bound = log.bind(run_id=self.run_id, issue_id=flow.key(inp), step=step, attempt=self.attempt)
+        self.notes: dict[str, Any] = {}
+
+    def parent(self, step: str) -> Any:
+        if step not in self._tasks:
+            raise RuntimeError(f"step {self._step} asked for the output of unknown step {step}")
+        # Read the parent's output as sent, not through `ctx.task_output`: Hatchet takes an output
+        # with `"skipped": true` for a task it skipped itself and refuses to hand it over, and our
+        # outputs use that very field (ProcessOutput(skipped=True) when there is nothing to do).
+        parents = getattr(getattr(self._ctx, "_data", None), "parents", None)
+        if parents is None or step not in parents:
+            raise RuntimeError(f"step {step} of run {self.run_id} has no output here; is it an ancestor of "
+                               f"{self._step} in the workflow?")
+        return self._flow.step(step).output.model_validate(parents[step])
+
+    def log(self, event: str, **fields: Any) -> None:
+        self._bound.info(event, **fields)
+        self._channel.log(json.dumps({"event": event, **fields}, default=str))
+
+    def note(self, **fields: Any) -> None:
+        self.notes.update(fields)
+        self._bound.info("note", **fields)
+        self._channel.stream(json.dumps({"step": self._step, "attempt": self.attempt, **fields}, default=str))
+
+
+# --- the workflow ------------------------------------------------------------------------------------
+class FailureOutput(BaseModel):
+    step: str
+    reason: str
+    attempts: int
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=max(1, math.ceil(value)))
+
+
+def step_timeout(spec: StepSpec, config: Config) -> float:
+    """The same timeout the embedded engine gives the step (see `daemon.build_engine`)."""
+    return float(spec.timeout(config)) if spec.timeout is not None else float(config.engine.step_timeout)
+
+
+def ancestors(flow: WorkflowSpec, name: str) -> list[str]:
+    """Every step `name` depends on, in spec order. Hatchet hands a task the outputs of its declared
+    parents; steps read further up (commit reads check-deps and process), so all ancestors are declared.
+    The order of the DAG is the spec's: declaring an ancestor again adds no constraint."""
+    seen: set[str] = set()
+    todo = list(flow.step(name).parents)
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo.extend(flow.step(p).parents)
+    return [s.name for s in flow.steps if s.name in seen]
+
+
+class _Pool:
+    """The threads steps run in: sized like the worker, so sessions never starve other steps."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="beads-step")
+            return self._pool
+
+
+def _call_step(spec: StepSpec, inp: BaseModel, sctx: HatchetStepContext) -> BaseModel:
+    try:
+        return spec.fn(inp, sctx)
+    except StepFailed as exc:
+        sctx.log("step failed", reason=exc.reason, retryable=exc.retryable)
+        raise to_hatchet_error(exc, sctx.attempt) from exc
+
+
+async def _run_in_thread(pool: _Pool, fn: Callable[..., Any], *args: Any, cancel: threading.Event | None = None,
+                         watch: Callable[[], Any] | None = None) -> Any:
+    """Run `fn` in a step thread; on cancellation set `cancel`, give the thread a grace period, re-raise."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(pool.get(), contextvars.copy_context().run, fn, *args)
+    watcher = asyncio.ensure_future(watch()) if watch is not None else None
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel.set()  # the agent kills its process group; gates stop
+        try:
+            await asyncio.wait({future}, timeout=CANCEL_GRACE)
+        except asyncio.CancelledError:
+            pass
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FLOW,
+                   channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY):
+    """The Hatchet workflow for `flow`, with the policies of `config`. Registers nothing by itself."""
+    from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context
+    from hatchet_sdk.rate_limit import RateLimit
+    from hatchet_sdk.types.idempotency import StatusBasedIdempotencyConfig
+
+    eng = config.engine
+    r = eng.retry
+    retries = r.attempts - 1  # Hatchet's `retries` counts the tries after the first one
+    pool = _Pool(eng.max_sessions + eng.max_runs + 2)
+    budget = sum(step_timeout(s, config) * r.attempts for s in flow.steps)
+    wf = hatchet.workflow(
+        name=flow.name,
+        input_validator=flow.input,
+        # One active run per issue, like the embedded engine's unique index; released when the
+        # run ends. The fallback only frees a key whose run Hatchet somehow never finished.
+        idempotency=StatusBasedIdempotencyConfig(
+            key_expression="input.issue_id",
+            fallback_ttl=PROCESS_SCHEDULE_TIMEOUT + _seconds(budget + r.backoff_max * r.attempts * len(flow.steps))),
+    )
+    tasks: dict[str, Any] = {}
+
+    def make_task(spec: StepSpec) -> Callable[..., Any]:
+        timeout = step_timeout(spec, config)
+        session = spec.concurrency_key is not None
+
+        async def task_fn(input, ctx):  # noqa: A002 - Hatchet's signature
+            sctx = HatchetStepContext(ctx, spec.name, input, tasks, flow, channel(ctx))
+            started = time.monotonic()
+
+            async def watch() -> None:
+                extended, last = 0.0, time.monotonic()
+                while True:
+                    await asyncio.sleep(min(1.0, refresh_every))
+                    if getattr(ctx, "is_cancelled", False):
+                        sctx.cancel.set()  # Hatchet's cancel flag, set a second before the task is cancelled
+                    if session and time.monotonic() - last >= refresh_every and extended < timeout:
+                        last = time.monotonic()
+                        try:
+                            await asyncio.to_thread(sctx._channel.refresh, refresh_every)
+                        except Exception as exc:  # noqa: BLE001 - the backstop must not fail the step
+                            sctx._bound.warning("timeout refresh failed", error=str(exc))
+                        extended += refresh_every
+
+            try:
+                return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel, watch=watch)
+            finally:
+                sctx._bound.debug("step left", elapsed_s=round(time.monotonic() - started, 3))
+
+        task_fn.__name__ = spec.name.replace("-", "_")
+        task_fn.__qualname__ = task_fn.__name__
+        task_fn.__annotations__ = {"input": flow.input, "ctx": Context, "return": spec.output}
+        return task_fn
+
+    for spec in flow.steps:
+        options: dict[str, Any] = {}
+        if spec.concurrency_key is not None:
+            options["concurrency"] = [ConcurrencyExpression(
+                expression=f"'{spec.concurrency_key}'", max_runs=eng.max_sessions,
+                limit_strategy=ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN)]
+            options["schedule_timeout"] = PROCESS_SCHEDULE_TIMEOUT
+            if eng.sessions_per_minute:
+                options["rate_limits"] = [RateLimit(static_key=RATE_LIMIT_KEY, units=1)]
+        else:
+            options["schedule_timeout"] = SCHEDULE_TIMEOUT
+        missing = [p for p in spec.parents if p not in tasks]
+        if missing:
+            raise ValueError(f"step {spec.name}: parents {missing} must come before it in {flow.name}")
+        tasks[spec.name] = wf.task(
+            name=spec.name,
+            parents=[tasks[p] for p in ancestors(flow, spec.name)],
+            retries=retries,
+            backoff_factor=r.backoff_factor,
+            backoff_max_seconds=max(1, int(r.backoff_max)),
+            execution_timeout=_seconds(step_timeout(spec, config)),
+            **options,
+        )(make_task(spec))
+
+    if flow.on_failure is not None:
+        handler = flow.on_failure
+
+        async def on_failure(input, ctx):  # noqa: A002
+            errors = dict(ctx.task_run_errors or {})
+            step = next((s.name for s in flow.steps if s.name in errors), next(iter(errors), "unknown"))
+            error, attempt = decode_failure(errors.get(step, ""))
+            attempts = attempt or r.attempts
+            log.info("run failed, handing over", run_id=ctx.workflow_run_id, issue_id=flow.key(input), step=step,
+                     reason=error.reason, attempts=attempts)
+            await _run_in_thread(pool, handler, input, ctx.workflow_run_id, step, error, attempts)
+            return FailureOutput(step=step, reason=error.reason, attempts=attempts)
+
+        on_failure.__annotations__ = {"input": flow.input, "ctx": Context, "return": FailureOutput}
+        wf.on_failure_task(
+            name="handover", retries=retries, backoff_factor=r.backoff_factor,
+            backoff_max_seconds=max(1, int(r.backoff_max)),
+            execution_timeout=_seconds(eng.step_timeout), schedule_timeout=SCHEDULE_TIMEOUT,
+        )(on_failure)
+
+    wf.beads_tasks = tasks  # for tests and tools: spec step name → Hatchet task
+    return wf
+
+
+# --- the worker --------------------------------------------------------------------------------------
+def worker_slots(config: Config) -> int:
+    """Sessions plus the other steps of every run in flight: a worker full of sessions still has
+    slots for check-deps, verify and commit."""
+    return config.engine.max_sessions + config.engine.max_runs
+
+
+def _put_rate_limit(hatchet: Any, config: Config) -> None:
+    if config.engine.sessions_per_minute:
+        from hatchet_sdk.rate_limit import RateLimitDuration
+
+        hatchet.rate_limits.put(RATE_LIMIT_KEY, config.engine.sessions_per_minute, RateLimitDuration.MINUTE)
+
+
+def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
+    """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
+    hatchet = hatchet or make_client()
+    wf = build_workflow(hatchet, services.config)
+    worker = hatchet.worker(name or f"beads-runner-{socket.gethostname()}", slots=worker_slots(services.config),
+                            workflows=[wf])
+    return worker, wf
+
+
+def run_worker(services: Services, name: str | None = None) -> None:
+    """`beads-runner worker`: run this repository's steps for the Hatchet engine until stopped."""
+    from beads_runner.services import register_services
+
+    register_services(services)
+    hatchet = make_client()
+    _wait_for_engine(hatchet)
+    _put_rate_limit(hatchet, services.config)
+    worker, _ = build_worker(services, name, hatchet)
+    cfg = hatchet.config
+    log.info("hatchet worker starting", name=worker.name, slots=worker_slots(services.config), engine=cfg.host_port,
+             repo=str(services.repo), healthcheck=(f"http://localhost:{cfg.healthcheck.port}/health"
+                                                   if cfg.healthcheck.enabled else "off"))
+    worker.start()
+
+
+def _wait_for_engine(hatchet: Any, attempts: int = 10, delay: float = 1.0) -> None:
+    """Block until Hatchet's API answers, with backoff; a clear error if it never does."""
+    last = ""
+    for n in range(attempts):
+        try:
+            hatchet.runs.list(limit=1, since=datetime.now(tz=UTC) - timedelta(minutes=1),
+                              include_payloads=False)
+            return
+        except Exception as exc:  # noqa: BLE001
+            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "401" in last or "403" in last or "Unauthorized" in last:
+                raise RunnerError(f"the Hatchet engine at {hatchet.config.server_url} refused the token ({last})",
+                                  fix="create a new API token for this tenant; " + DOCKER_COMPOSE_ENV) from None
+            if n + 1 < attempts:
+                log.warning("waiting for the Hatchet engine", api=hatchet.config.server_url, error=last,
+                            attempt=n + 1)
+                time.sleep(min(10.0, delay * 2 ** n))
+    raise RunnerError(
+        f"cannot reach the Hatchet engine (API {hatchet.config.server_url}, gRPC {hatchet.config.host_port}): {last}",
+        fix="start it (`docker compose up -d` in the beads-runner checkout, see docs/hatchet.md) and check "
+            "HATCHET_CLIENT_HOST_PORT and HATCHET_CLIENT_TLS_STRATEGY")
+
+
+# --- `start` on Hatchet ------------------------------------------------------------------------------
+class HatchetUnavailable(RunnerError):
+    """Hatchet's API failed a call the poll loop needs; the loop tries again at the next poll."""
+
+
+class HatchetEngine:
+    """What `daemon.Runner` asks of an engine, answered by Hatchet's runs API.
+
+    Runs execute on workers (`beads-runner worker`), not here: `start`/`stop` only mark the loop."""
+
+    def __init__(self, hatchet: Any, workflow: Any, services: Services, *, flow: WorkflowSpec = TASK_FLOW):
+        self.hatchet = hatchet
+        self.workflow = workflow
+        self.flow = flow
+        self.services = services
+        self.repo = str(services.repo)
+        self._listeners: list[Callable[[], None]] = []
+        self.started = False
+
+    # submitting
+    def submit(self, inp: BaseModel) -> tuple[str, bool]:
+        from hatchet_sdk.exceptions import IdempotencyCollisionError
+
+        key = self.flow.key(inp)
+        try:
+            ref = self.workflow.run(inp, wait_for_result=False, additional_metadata=self._meta(key))
+        except IdempotencyCollisionError as exc:
+            return exc.existing_run_external_id, False
+        except Exception as exc:  # noqa: BLE001
+            raise HatchetUnavailable(f"could not start a run for {key}: {exc}",
+                                     fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        return ref.workflow_run_id, True
+
+    def _meta(self, key: str | None = None) -> dict[str, str]:
+        meta = {META_WORKFLOW: self.flow.name, META_REPO: self.repo}
+        if key is not None:
+            meta[META_ISSUE] = key
+        return meta
+
+    # reading
+    def _list(self, statuses: tuple[str, ...] | None, limit: int, key: str | None) -> list[Any]:
+        from hatchet_sdk import V1TaskStatus
+
+        wanted = [V1TaskStatus(s) for s, ours in _STATUS.items() if statuses is None or ours in statuses]
+        try:
+            result = self.hatchet.runs.list(
+                since=datetime.now(tz=UTC) - timedelta(days=6), statuses=wanted, limit=limit,
+                additional_metadata=self._meta(key), include_payloads=True)
+        except Exception as exc:  # noqa: BLE001
+            raise HatchetUnavailable(f"could not list Hatchet runs: {exc}",
+                                     fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        return list(result.rows or [])
+
+    def _summary_view(self, row: Any) -> RunView:
+        meta = row.additional_metadata or {}
+        status = _STATUS.get(getattr(row.status, "value", str(row.status)), "running")
+        created = row.created_at.timestamp() if row.created_at else time.time()
+        finished = row.finished_at.timestamp() if row.finished_at else None
+        return RunView(id=row.workflow_run_external_id or row.metadata.id, key=str(meta.get(META_ISSUE, "")),
+                       status=status, input=dict(row.input or {}), created_at=created,
+                       updated_at=finished or created, finished_at=finished, failed_step=None,
+                       error=row.error_message, outcome=dict(row.output or {}) or None)
+
+    def get_run(self, run_id: str) -> RunView | None:
+        try:
+            details = self.hatchet.runs.get(run_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not read a Hatchet run", run_id=run_id, error=str(exc))
+            return None
+        run = details.run
+        meta = run.additional_metadata or {}
+        by_name = {}
+        for t in details.tasks or []:
+            name = (t.action_id or "").rsplit(":", 1)[-1] or t.display_name
+            by_name[name] = t
+        steps = []
+        failed_step, error = None, run.error_message
+        for spec in self.flow.steps:
+            t = by_name.get(spec.name)
+            status = "pending"  # not created yet: its parents are still running
+            if t is not None:
+                status = _STATUS.get(getattr(t.status, "value", str(t.status)), "running")
+                status = {"queued": "pending", "cancelled": "failed"}.get(status, status)
+            if status == "failed" and failed_step is None:
+                failed_step, error = spec.name, (t.error_message if t is not None else error)
+            steps.append(StepView(name=spec.name, status=status, attempt=(t.attempt or (t.retry_count or 0) + 1)
+                                  if t is not None else 0,
+                                  max_attempts=self.services.config.engine.retry.attempts,
+                                  error=t.error_message if t is not None else None, notes={},
+                                  started_at=t.started_at.timestamp() if t is not None and t.started_at else None,
+                                  finished_at=t.finished_at.timestamp() if t is not None and t.finished_at else None,
+                                  not_before=0.0, output=dict(t.output or {}) or None if t is not None else None))
+        status = _STATUS.get(getattr(run.status, "value", str(run.status)), "running")
+        last = steps[-1].output if steps else None
+        return RunView(id=run_id, key=str(meta.get(META_ISSUE, "")), status=status, input=dict(run.input or {}),
+                       created_at=run.created_at.timestamp() if run.created_at else time.time(),
+                       updated_at=time.time(), finished_at=run.finished_at.timestamp() if run.finished_at else None,
+                       failed_step=failed_step if status == "failed" else None,
+                       error=decode_failure(error)[0].reason if status == "failed" and error else None,
+                       outcome=last if status == "succeeded" else None, steps=steps)
+
+    def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100, key: str | None = None) -> list[RunView]:
+        views = [self._summary_view(r) for r in self._list(statuses, limit, key)]
+        # Active runs are few (≤ sessions + runs in flight); their steps say which hold a session.
+        return [(self.get_run(v.id) or v) if v.status in _ACTIVE else v for v in views]
+
+    def active_run(self, key: str) -> str | None:
+        rows = self._list(_ACTIVE, 1, key)
+        return self._summary_view(rows[0]).id if rows else None
+
+    def has_active_runs(self) -> bool:
+        return bool(self._list(_ACTIVE, 1, None))
+
+    # the loop
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.started = False
+        log.info("runs in flight go on on the Hatchet workers", grace_ignored=grace)
+
+    def cancel_running(self) -> None:
+        log.info("runs are not cancelled by stopping `start`; use the Hatchet dashboard or `hatchet.runs.cancel`")
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        self._listeners.append(fn)
+
+
+class HatchetRunner(Runner):
+    """`daemon.Runner` on Hatchet: the same poll → claim → submit, surviving an engine hiccup."""
+
+    def __init__(self, services: Services, engine: HatchetEngine):
+        super().__init__(services, engine=engine)  # type: ignore[arg-type]
+
+    def poll_once(self) -> PollResult:
+        try:
+            return super().poll_once()
+        except HatchetUnavailable as exc:
+            log.warning("hatchet unavailable, will poll again", error=exc.message)
+            return PollResult()
+
+    def reconcile(self) -> list[str]:
+        """After a restart: the runs Hatchet still has in flight for this repository are ours again."""
+        try:
+            active = [r.id for r in self.engine.runs(statuses=_ACTIVE, limit=1000)]
+        except HatchetUnavailable as exc:
+            log.warning("could not reconcile with Hatchet", error=exc.message)
+            return []
+        log.info("reconciled with hatchet", runs_in_flight=len(active))
+        return active
+
+    def run(self, *, once: bool = False, poll_interval: float | None = None, watch_interval: float = 0.2) -> int:
+        # Runner.run picks up the engine's unfinished runs itself (through `runs`); log them here.
+        self.reconcile()
+        return super().run(once=once, poll_interval=poll_interval, watch_interval=watch_interval)
+
+    def exit_code(self) -> int:
+        try:
+            return super().exit_code()
+        except HatchetUnavailable:
+            return 1
+
+
+def start_with_hatchet(services: Services, once: bool = False, poll_interval: float | None = None) -> int:
+    """`beads-runner start` with engine.kind = "hatchet": claims ready issues and submits runs to Hatchet.
+
+    The steps run on `beads-runner worker` processes (this machine or others)."""
+    import signal
+
+    from beads_runner.logs import configure_logging
+
+    configure_logging(services.state_dir / "logs")
+    services.workspace.check_target()
+    services.tracker.version()
+    hatchet = make_client()
+    _wait_for_engine(hatchet)
+    _put_rate_limit(hatchet, services.config)
+    engine = HatchetEngine(hatchet, build_workflow(hatchet, services.config), services)
+    runner = HatchetRunner(services, engine)
+
+    def handler(signum, _frame):
+        log.info("stopping: no new claims; runs in flight go on on the workers", signal=signal.Signals(signum).name)
+        runner.request_stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return runner.run(once=once, poll_interval=poll_interval)
