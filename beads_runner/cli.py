@@ -209,21 +209,62 @@ def _print_outcome(view) -> None:
         click.echo(f"{view.key}: {view.status} at {view.failed_step}: {view.error}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--target", default=None, help="Compare against this branch (default: [land] target).")
+@click.pass_context
+def gates(ctx: click.Context, as_json: bool, target: str | None) -> None:
+    """Run the configured quality gates (and diff checks) on the current tree, as the runner would."""
+    from quality_gates.command_line import run_gates_command
+
+    code, text = run_gates_command(ctx.obj["repo"], as_json, target=target)
+    click.echo(text)
+    sys.exit(code)
+
+
 # --- seeing -------------------------------------------------------------------------------------
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (keys below).")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @click.option("--limit", default=20, show_default=True, help="Finished runs to show.")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """Runs, their steps and attempts, and the sessions in use."""
-    from beads_runner.status import collect_status, render_status
+def status(ctx: click.Context, as_json: bool, watch: bool, limit: int) -> None:
+    """Running, queued and blocked issues, sessions in use, last failures and today's spending.
+
+    \b
+    --json prints one object with stable keys:
+      repo, generated_at (Unix time)
+      sessions  {in_use, cap}
+      spending  {day (UTC), spent_usd, budget_usd (null: none), exceeded, message}
+      running, queued, blocked, recent: lists of runs, each with
+        run_id, run (short id), issue_id, title, status, phase, step, step_status,
+        attempt, max_attempts, retry_at, elapsed_s, created_at, finished_at,
+        failed_step, error, outcome, commit, steps, attempts, sessions, tokens, cost
+      failures  [{issue_id, run_id, run, step, attempt, at, reason, final}]
+    With --watch, --json prints one such object (on one line) a second.
+    """
+    from beads_runner.status import collect_status, render_status, render_text, watch_status
 
     svc = _services(ctx)
-    data = collect_status(svc, limit=limit)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        click.echo(render_status(data))
+    if watch and not as_json:
+        watch_status(svc, limit=limit)
+        return
+    try:
+        while True:
+            data = collect_status(svc, limit=limit)
+            if as_json:
+                click.echo(json.dumps(data, separators=(",", ":")) if watch else json.dumps(data, indent=2))
+            elif sys.stdout.isatty():
+                from rich.console import Console
+
+                Console().print(render_status(data))
+            else:
+                click.echo(render_text(render_status(data)))
+            if not watch:
+                return
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()
@@ -232,12 +273,21 @@ def status(ctx: click.Context, as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Raw events, one JSON object a line.")
 @click.pass_context
 def logs(ctx: click.Context, ref: str, follow: bool, as_json: bool) -> None:
-    """A run's step events and its agent's events (REF: an issue id or a run id)."""
+    """A run's step events and its agent's events, interleaved by time (REF: an issue id, a run id or
+    its short form). The issue's latest run is shown.
+
+    \b
+    --json: engine events as {"source": "engine", id, run_id, step, ts, event, ...};
+    agent events as opencode wrote them (other output as {"source": "agent", attempt, type, text}).
+    """
     from beads_runner.status import stream_logs
 
     svc = _services(ctx)
-    for line in stream_logs(svc, ref, follow=follow, as_json=as_json):
-        click.echo(line)
+    try:
+        for line in stream_logs(svc, ref, follow=follow, as_json=as_json):
+            click.echo(line)
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()
@@ -246,15 +296,22 @@ def logs(ctx: click.Context, ref: str, follow: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json: bool) -> None:
-    """Landed commits, found by their Beads-Issue trailer."""
-    from beads_runner.status import landed_commits, render_review
+    """Landed commits, found by their Beads-Issue trailer; with ISSUE_ID, also its whole history.
+
+    \b
+    --json: {target, since, issue_id, commits: [{sha, issue_id, title, subject, date, author,
+    run_id, agent, gates, attempts, duration_s, tokens, cost, diff_command}], history: null, or
+    every run of ISSUE_ID: [{run_id, status, phase, result, failed_step, error, commit, attempts,
+    sessions, tokens, cost, ...}]}
+    """
+    from beads_runner.status import render_review, review_data
 
     svc = _services(ctx)
-    commits = landed_commits(svc, issue_id=issue_id, since=since)
+    data = review_data(svc, issue_id=issue_id, since=since)
     if as_json:
-        click.echo(json.dumps(commits, indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(render_review(commits))
+        click.echo(render_review(data))
 
 
 # --- hatchet ------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Token and cost accounting: from opencode's event streams (running and crashed sessions too) and
+from the process step's notes, by UTC day, against a daily budget."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from beads_runner import costs
+from workflows.local import SCHEMA
+
+SAMPLE = Path("/work/shared/opencode/run-success.events.ndjson")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+DAY1_LATE = ts("2026-11-20T23:59:59.500")
+DAY2_EARLY = ts("2026-11-21T00:00:00.500")
+DAY2_NOON = ts("2026-11-21T12:00:00")
+DAY3_NOON = ts("2026-11-22T12:00:00")
+
+
+def sample_events() -> list[dict]:
+    if SAMPLE.exists():
+        return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    tokens = {"total": 109, "input": 102, "output": 7, "reasoning": 0, "cache": {"write": 0, "read": 0}}
+    return [{"type": "step_start", "sessionID": "ses_x", "part": {}},
+            {"type": "step_finish", "sessionID": "ses_x", "part": {"reason": "tool-calls", "tokens": tokens}},
+            {"type": "text", "sessionID": "ses_x", "part": {"text": "done"}},
+            {"type": "step_finish", "sessionID": "ses_x",
+             "part": {"reason": "stop", "tokens": {**tokens, "total": 110, "input": 103}}}]
+
+
+def stream(costs_and_times: list[tuple[float, float]], *, cache_read: int = 0) -> str:
+    """The sample session, its step_finish events given (cost, time) in order; others get the time before."""
+    events = sample_events()
+    finishes = [e for e in events if e["type"] == "step_finish"]
+    assert len(finishes) == len(costs_and_times) == 2
+    pairs = iter(costs_and_times)
+    when = costs_and_times[0][1]
+    for e in events:
+        if e["type"] == "step_finish":
+            cost, when = next(pairs)
+            e["part"]["cost"] = cost
+            e["part"]["tokens"]["cache"]["read"] = cache_read
+        e["timestamp"] = int(when * 1000)
+    return "\n".join(json.dumps(e) for e in events) + "\n"
+
+
+def write_session(state: Path, run_id: str, attempt: int, text: str) -> Path:
+    path = state / "runs" / run_id / f"agent-{attempt}.ndjson"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def db(state: Path) -> sqlite3.Connection:
+    state.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(state / costs.STATE_DB, isolation_level=None)
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def note(conn, run_id: str, attempt: int, at: float, step: str = "process", **notes) -> None:
+    conn.execute("INSERT INTO attempts(run_id, step, attempt, owner, started_at, finished_at, status, notes) "
+                 "VALUES (?,?,?,?,?,?,?,?)", (run_id, step, attempt, "h:1:x", at - 5, at, "succeeded",
+                                              json.dumps(notes)))
+
+
+def test_a_stream_counts_each_step_on_its_own_utc_day(tmp_path):
+    state = tmp_path / "state"
+    write_session(state, "run-a", 1, stream([(0.30, DAY1_LATE), (0.70, DAY2_EARLY)], cache_read=5))
+    [session] = costs.sessions(state)
+    assert session.source == "events" and session.session_id and session.usage.steps == 2
+    assert session.usage.tokens == 219 and session.usage.cache_read == 10
+    assert session.usage.cost == pytest.approx(1.0)
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(0.70)
+    assert costs.spent_today(state, now=DAY1_LATE) == pytest.approx(0.30)
+    assert costs.spent_today(state, now=DAY3_NOON) == 0.0
+    days = costs.totals_by_day(state)
+    assert list(days) == ["2026-11-20", "2026-11-21"]
+    assert days["2026-11-20"]["cost"] == pytest.approx(0.30) and days["2026-11-20"]["tokens"] == 109
+    assert days["2026-11-21"]["cost"] == pytest.approx(0.70) and days["2026-11-21"]["tokens"] == 110
+    assert list(costs.totals_by_day(state, since=DAY2_NOON)) == ["2026-11-21"]
+
+
+def test_a_crashed_session_counts_what_it_finished(tmp_path):
+    state = tmp_path / "state"
+    text = stream([(0.25, DAY2_EARLY), (0.5, DAY2_EARLY)])
+    lines = text.splitlines()
+    cut = next(i for i, line in enumerate(lines) if '"step_finish"' in line) + 1
+    partial = "\n".join(lines[:cut]) + "\n" + lines[cut][: len(lines[cut]) // 2]  # killed mid-line
+    write_session(state, "run-crash", 1, partial)
+    total, found = costs.run_usage(state, "run-crash")
+    assert total.cost == pytest.approx(0.25) and total.tokens == 109 and found[0].source == "events"
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(0.25)
+
+
+def test_notes_count_when_there_is_no_stream_and_a_session_is_never_counted_twice(tmp_path):
+    state = tmp_path / "state"
+    conn = db(state)
+    # run-1 attempt 1: stream and notes (the notes say the same thing): counted once, from the stream.
+    write_session(state, "run-1", 1, stream([(0.1, DAY2_EARLY), (0.2, DAY2_EARLY)]))
+    note(conn, "run-1", 1, DAY2_EARLY, session_id="ses_1", tokens=219, cost=0.3)
+    # run-2 attempt 1: a command agent, plain output only: its notes count, on the day it ended.
+    write_session(state, "run-2", 1, "wrote work.txt\nnot json at all\n")
+    note(conn, "run-2", 1, DAY2_NOON, session_id="ses_2", tokens=1000, cost=2.0)
+    # run-3: notes only (the run directory is gone), the day before.
+    note(conn, "run-3", 1, DAY1_LATE, tokens=50, cost=4.0)
+    # Another step's notes are never a session.
+    note(conn, "run-3", 1, DAY2_NOON, step="verify", tokens=999, cost=99.0)
+    conn.close()
+    by_run = {s.run_id: s for s in costs.sessions(state)}
+    assert set(by_run) == {"run-1", "run-2", "run-3"}
+    assert by_run["run-1"].source == "events" and by_run["run-1"].usage.cost == pytest.approx(0.3)
+    assert by_run["run-2"].source == "notes" and by_run["run-2"].session_id == "ses_2"
+    assert by_run["run-3"].source == "notes"
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(2.3)
+    days = costs.totals_by_day(state)
+    assert days["2026-11-20"]["cost"] == pytest.approx(4.0) and days["2026-11-20"]["sessions"] == 1
+    assert days["2026-11-21"]["cost"] == pytest.approx(2.3) and days["2026-11-21"]["sessions"] == 2
+    assert days["2026-11-21"]["tokens"] == 219 + 1000
+
+
+def test_budget_status_spent_against_budget_by_utc_day(tmp_path):
+    state = tmp_path / "state"
+    write_session(state, "run-a", 1, stream([(1.5, DAY1_LATE), (1.0, DAY2_EARLY)]))
+    write_session(state, "run-b", 2, stream([(0.5, DAY2_EARLY), (0.5, DAY2_NOON)]))
+    assert costs.budget_status(2.5, state, now=DAY2_NOON) == (pytest.approx(2.0), 2.5, False)
+    assert costs.budget_status(2.0, state, now=DAY2_NOON) == (pytest.approx(2.0), 2.0, True)
+    assert costs.budget_status(1.0, state, now=DAY1_LATE) == (pytest.approx(1.5), 1.0, True)
+    assert costs.budget_status(1.0, state, now=DAY3_NOON) == (0.0, 1.0, False)  # a new UTC day
+    assert costs.budget_status(None, state, now=DAY2_NOON) == (pytest.approx(2.0), None, False)
+    config = SimpleNamespace(agent=SimpleNamespace(daily_budget_usd=1.99))
+    assert costs.budget_status(config, state, now=DAY2_NOON)[2] is True
+    unset = SimpleNamespace(agent=SimpleNamespace(daily_budget_usd=None))
+    assert costs.budget_status(unset, state, now=DAY2_NOON)[1:] == (None, False)
+
+
+def test_nothing_recorded_is_nothing_spent(tmp_path):
+    assert costs.spent_today(tmp_path / "missing") == 0.0
+    assert costs.totals_by_day(tmp_path / "missing") == {}
+    assert costs.budget_status(0.01, tmp_path / "missing") == (0.0, 0.01, False)
