@@ -1,10 +1,11 @@
 """`beads-runner demo`: the whole flow on a sample repository, offline.
 
 Builds a small Python library in a fresh git repository with five beads issues (in beads' JSONL
-export format, so no `bd` is needed): four that land — one of them blocked by another until it
-lands — and one whose change breaks a test, to show a failure handed to a person. The agent is the
-real `opencode` binary; its model is the scripted model server shipped with beads-runner, which
-answers with tool calls that really write the files.
+export format, so no `bd` is needed). Four land: one of them is blocked by another until that one
+lands, and one is first done wrong, then fixed by the same session once it is shown the failing
+gate. The fifth stays broken however often it is shown the report, so it goes to a person. The
+agent is the real `opencode` binary; its model is the scripted model server shipped with
+beads-runner, which answers with tool calls that really write the files.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ FILES = {
 }
 
 # (id, title, description, depends on, files the scripted agent writes)
+# demo-mul's first attempt is wrong: the gate fails and the fix loop gives the session the report.
+WRONG_FIRST = {"demo-mul": {"mathlib/multiply.py": "def multiply(a, b):\n    return a + b\n"}}
 ISSUES = [
     ("demo-add", "Add add(a, b)", "mathlib needs an `add(a, b)` function returning the sum, with a test.", [], {
         "mathlib/add.py": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n",
@@ -82,15 +85,20 @@ def demo_script(delay: float = 0.0) -> dict:
     """The scripted model's answers: for each issue, write its files, then summarise."""
     scenarios = []
     for issue_id, title, _desc, _deps, files in ISSUES:
-        tools = [{"name": "write", "args": {"filePath": path, "content": content}} for path, content in files.items()]
-        scenarios.append({
-            "match": f"Issue {issue_id} ",
-            "delay": delay,
-            "rounds": [[
-                {"text": f"Implementing {issue_id}: writing {', '.join(files)}.", "tools": tools},
-                {"text": f"{title}: added {', '.join(files)}."},
-            ]],
-        })
+        def writes(contents: dict) -> list:
+            return [{"name": "write", "args": {"filePath": p, "content": c}} for p, c in contents.items()]
+
+        rounds = [[
+            {"text": f"Implementing {issue_id}: writing {', '.join(files)}.",
+             "tools": writes({**files, **WRONG_FIRST.get(issue_id, {})})},
+            {"text": f"{title}: added {', '.join(files)}."},
+        ]]
+        if issue_id in WRONG_FIRST:  # the second user message is the gate report: fix it
+            rounds.append([
+                {"text": "The test shows multiply adds; fixing it.", "tools": writes(files)},
+                {"text": f"{title}: added {', '.join(files)}; fixed multiply after the failing test."},
+            ])
+        scenarios.append({"match": f"Issue {issue_id} ", "delay": delay, "rounds": rounds})
     return {"scenarios": scenarios, "fallback": {"text": "No scripted answer for this prompt; nothing done."}}
 
 
@@ -152,7 +160,8 @@ def run_demo(repo: Path, fresh: bool = True, delay: float = 0.0) -> int:
     tracker = build_sample_repo(repo, fresh=fresh)
     for issue in tracker.ready():
         echo(f"  ready: {issue.id:<11} {issue.title}")
-    echo("  (demo-total waits for demo-add)")
+    echo("  (demo-total waits for demo-add; demo-mul is first done wrong and fixed after its failing gate;")
+    echo("   demo-div stays wrong, so it goes to a person)")
     with ScriptedModelServer(demo_script(delay)) as server:
         echo(f"Scripted model server on {server.url}")
         env = server.opencode_env()
@@ -199,5 +208,6 @@ def _report(repo: Path, svc: Services, tracker: JsonlTracker, code: int, elapsed
     if not ok:
         echo("\nDEMO FAILED: the issues did not end as expected (see above and .beads-runner/logs/).", err=True)
         return 1
-    echo("\nDemo OK: four issues landed in dependency order; the broken one went to a person with its branch.")
+    echo("\nDemo OK: four issues landed in dependency order (demo-mul after one fix from its gate report);")
+    echo("the broken one went to a person with its comment and its branch.")
     return 0

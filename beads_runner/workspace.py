@@ -8,6 +8,7 @@ trailer, the target already containing it) and goes on from there.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -86,14 +87,22 @@ class Workspace:
             env.update({k: v for k, v in _FALLBACK_IDENTITY.items() if k.endswith("EMAIL")})
         return env
 
-    def git(self, *args: str, cwd: Path | None = None) -> str:
+    def git(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
         """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure."""
         g = git.Git(str(cwd or self.root))
+        extra = {**self._env, **(env or {})}
         try:
-            return g.execute(["git", *args], env=self._env or None)
+            # Its own session, like bd: a signal to the runner's group must not kill git mid-write
+            # (a half-written ref or a left index.lock); the runner stops after the call instead.
+            return g.execute(["git", *args], env=extra or None, start_new_session=True)
         except git.GitCommandError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
-            raise GitError(f"git {' '.join(args[:3])} failed: {detail}") from None
+            fix = None
+            if "index.lock" in detail:
+                lock = re.search(r"'([^']*index\.lock)'", detail)
+                fix = (f"another git process is running in {cwd or self.root}, or one was killed and left "
+                       f"{lock.group(1) if lock else 'its index.lock'}: if no git is running there, delete that file")
+            raise GitError(f"git {' '.join(args[:3])} failed: {detail}", fix=fix) from None
 
     def _admin(self) -> FileLock:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +175,16 @@ class Workspace:
 
     def has_changes(self, issue_id: str) -> bool:
         return bool(self.changed_files(issue_id))
+
+    def tree_id(self, issue_id: str) -> str:
+        """The git tree of the worktree as it is now (uncommitted and untracked files included), computed
+        in a throwaway index: equal ids mean byte-for-byte the same work."""
+        path = self.worktree_path(issue_id)
+        with tempfile.TemporaryDirectory(dir=self.state_dir) as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.git("read-tree", "HEAD", cwd=path, env=env)
+            self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path, env=env)
+            return self.git("write-tree", cwd=path, env=env)
 
     def find_commit(self, issue_id: str, ref: str, since: str | None = None) -> str | None:
         """The newest commit on `ref` (after `since`) whose `Beads-Issue` trailer is this issue."""

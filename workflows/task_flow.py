@@ -17,7 +17,9 @@ from pydantic import BaseModel, Field
 
 from beads_runner.agent.base import SessionRequest, TokenUsage
 from beads_runner.failpoints import failpoint
-from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.errors import (
+    ClaimConflict, IssueNotFound, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable, UnsafeIdError,
+)
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
 from beads_runner.services import Services, services_for
@@ -51,6 +53,9 @@ class ProcessOutput(BaseModel):
     changed_files: list[str] = Field(default_factory=list)
     worktree: str = ""
     branch: str = ""
+    sessions: int = 0  # the first session and the fixes fed the gate report
+    gate_report: SuiteReport | None = None  # the gates the runner ran in the fix loop ...
+    gated_tree: str | None = None  # ... on exactly this tree
 
 
 class VerifyOutput(BaseModel):
@@ -88,8 +93,12 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
             raise StepFailed(f"tracker busy: {exc.message}", retryable=True) from exc
         except LandingRefused as exc:
             raise StepFailed(exc.message, retryable=False, detail=exc.fix or "") from exc
+        except (IssueNotFound, TrackerUnavailable) as exc:
+            raise StepFailed(f"tracker: {exc.message}", retryable=False, detail=exc.fix or "") from exc
         except TrackerError as exc:
-            raise StepFailed(f"tracker: {exc.message}", retryable=exc.retryable) from exc
+            # An error object, a refused write: the step is idempotent, so another try costs nothing
+            # and may well succeed; after the last one the issue goes to a person with bd's words.
+            raise StepFailed(f"tracker: {exc.message}", retryable=True, detail=exc.fix or "") from exc
         except RunnerError as exc:
             # Git and agent problems: a lock left behind, a transient failure; a retry may help.
             raise StepFailed(exc.message, retryable=True, detail=exc.fix or "") from exc
@@ -202,29 +211,62 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
             seen["edited"] = True
             failpoint("session-edited")
 
-    ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=resume_id)
-    result = svc.agent.run(request, cancel=ctx.cancel, on_event=on_event)
-    ctx.note(session_id=result.session_id, tokens=result.tokens.total, cost=result.cost,
-             duration_s=round(result.duration_s, 3), ok=result.ok, reason=result.reason, continued=bool(resume_id))
-    ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
-            tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
-    if not result.ok:
-        if resume_id and result.events == 0:
-            memory.forget()  # the session could not be continued at all: the next attempt starts afresh
-        elif result.session_id:
-            memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason=result.reason)
-        # A cancelled session (shutdown, step timeout) is always worth another attempt later.
-        raise StepFailed(f"agent session failed: {result.reason}", retryable=result.retryable or result.cancelled,
-                         detail=result.output_tail or result.summary)
-    changed = ws.changed_files(issue.id)
-    if not changed:
-        memory.save(session_id=result.session_id, run_id=ctx.run_id,
-                    last_reason="the session ended without changing any file, but the issue needs a change")
-        raise StepFailed("the agent session ended without changing any file", retryable=True,
-                         detail=result.summary)
+    totals = {"sessions": 0, "tokens": 0, "cost": 0.0}
+
+    def session(req: SessionRequest):
+        ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=req.session_id)
+        result = svc.agent.run(req, cancel=ctx.cancel, on_event=on_event)
+        totals["sessions"] += 1
+        totals["tokens"] += result.tokens.total
+        totals["cost"] += result.cost
+        ctx.note(session_id=result.session_id, tokens=totals["tokens"], cost=totals["cost"],
+                 sessions=totals["sessions"], duration_s=round(result.duration_s, 3), ok=result.ok,
+                 reason=result.reason, continued=bool(req.session_id))
+        ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
+                tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
+        if not result.ok:
+            if req.session_id and result.events == 0:
+                memory.forget()  # the session could not be continued at all: the next attempt starts afresh
+            elif result.session_id:
+                memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason=result.reason)
+            # A cancelled session (shutdown, step timeout) is always worth another attempt later.
+            raise StepFailed(f"agent session failed: {result.reason}", retryable=result.retryable or result.cancelled,
+                             detail=result.output_tail or result.summary)
+        if not ws.changed_files(issue.id):
+            memory.save(session_id=result.session_id, run_id=ctx.run_id,
+                        last_reason="the session ended without changing any file, but the issue needs a change")
+            raise StepFailed("the agent session ended without changing any file", retryable=True,
+                             detail=result.summary)
+        return result
+
+    result = session(request)
+    # The fix loop: the runner runs the gates; while they fail and sessions remain, the same session
+    # gets the report and fixes its change. verify re-checks whatever tree comes out of this.
+    report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+    while not report.passed and totals["sessions"] < svc.config.agent.max_attempts:
+        ctx.log("gates failed, the session gets the report", gates=report.trailer(), sessions=totals["sessions"])
+        result = session(request.model_copy(update={
+            "session_id": result.session_id, "prompt": fix_message(report)}))
+        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+    if not report.passed:
+        memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason="the quality gates still fail")
+        raise StepFailed(f"quality gates still fail after {totals['sessions']} session(s): {report.summary()}",
+                         retryable=False, detail=report.render_text())
     return ProcessOutput(
-        session_id=result.session_id, summary=result.summary, tokens=result.tokens, cost=result.cost,
-        duration_s=result.duration_s, changed_files=changed, worktree=str(worktree), branch=ws.branch(issue.id),
+        session_id=result.session_id, summary=result.summary, tokens=result.tokens, cost=totals["cost"],
+        duration_s=result.duration_s, changed_files=ws.changed_files(issue.id), worktree=str(worktree),
+        branch=ws.branch(issue.id), sessions=totals["sessions"], gate_report=report,
+        gated_tree=ws.tree_id(issue.id),
+    )
+
+
+def fix_message(report: SuiteReport) -> str:
+    return (
+        "The runner ran the project's quality gates on your change and they fail:\n\n"
+        f"{report.render_text()}\n\n"
+        "Fix what your change broke (failures listed as pre-existing were there before you and are not "
+        "yours to fix). Keep the change focused on the issue, then finish with a short summary of the "
+        "whole change."
     )
 
 
@@ -235,9 +277,14 @@ def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     if proc.skipped:
         return VerifyOutput(skipped=True)
     svc = _services(inp)
-    report = run_suite(svc.gates, svc.workspace.ensure_worktree(inp.issue_id), cancel=ctx.cancel,
-                       log_dir=svc.run_dir(ctx.run_id))
-    ctx.log("gates run", passed=report.passed, gates=report.trailer())
+    worktree = svc.workspace.ensure_worktree(inp.issue_id)
+    if proc.gate_report is not None and proc.gated_tree == svc.workspace.tree_id(inp.issue_id):
+        # The runner itself ran these gates on exactly this tree moments ago, in the fix loop.
+        report = proc.gate_report
+        ctx.log("gates already passed on this exact tree", gates=report.trailer(), tree=proc.gated_tree)
+    else:
+        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        ctx.log("gates run", passed=report.passed, gates=report.trailer())
     if not report.passed:
         raise StepFailed(f"quality gates failed: {report.summary()}", retryable=False, detail=report.render_text())
     return VerifyOutput(report=report)

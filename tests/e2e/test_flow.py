@@ -74,7 +74,9 @@ def test_a_failing_gate_leaves_the_issue_blocked_with_a_comment_and_its_branch(t
     assert shown["status"] == "blocked"
     assert "needs-human" in shown["labels"]
     comments = [c["text"] for c in _comments(repo, bad)]
-    assert any("failed at step verify" in t and "AssertionError: 41 != 42" in t for t in comments), comments
+    # three sessions (the first and two fixes given the report), then a person gets it with the last report
+    assert any("failed at step process" in t and "quality gates still fail after 3 session(s)" in t
+               and "AssertionError: 41 != 42" in t for t in comments), comments
     assert git(repo, "branch", "--list", f"beads-runner/{bad}").strip()
     worktree = repo / ".beads-runner" / "worktrees" / bad
     assert (worktree / "pkg" / "broken.py").read_text() == "VALUE = 41\n"  # the work is kept
@@ -90,3 +92,38 @@ def _comments(repo, issue_id):
 def _test(module: str, name: str, value: int) -> str:
     return (f"import unittest\n\nfrom {module} import {name}\n\n\nclass T(unittest.TestCase):\n"
             f"    def test_value(self):\n        self.assertEqual({name}, {value})\n")
+
+
+def test_the_fix_loop_feeds_the_gate_report_to_the_same_session_which_fixes_it(tmp_path, runner_env):
+    repo = sample_repo(tmp_path / "repo")
+    fixme = create_issue(repo, "Add the answer")
+    test_file = ("tests/test_answer.py", _test("pkg.answer", "ANSWER", 42))
+    script = {"scenarios": [{"match": f"Issue {fixme} ", "rounds": [
+        # round 1: the first session gets it wrong
+        [{"text": "Writing.", "tools": [{"name": "write", "args": {"filePath": "pkg/answer.py",
+                                                                    "content": "ANSWER = 41\n"}}]},
+         {"text": "Added the answer."}],
+        # round 2: the same session, given the gate report, fixes it
+        [{"text": "Fixing.", "tools": [{"name": "write", "args": {"filePath": "pkg/answer.py",
+                                                                   "content": "ANSWER = 42\n"}}]},
+         {"text": "Fixed the answer to 42 after the test failure."}],
+    ]}]}
+    script["scenarios"][0]["rounds"][0][0]["tools"].append(
+        {"name": "write", "args": {"filePath": test_file[0], "content": test_file[1]}})
+    env, server = runner_env(script)
+
+    result = run_cli(repo, env, "start", "--once")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = issue(repo, fixme)
+    assert shown["status"] == "closed"
+    commits = git(repo, "log", "main", "--format=%H", f"--grep=Beads-Issue: {fixme}").split()
+    assert len(commits) == 1
+    assert git(repo, "show", "main:pkg/answer.py") == "ANSWER = 42\n"
+    # the second user message of the one conversation carried the gate report
+    fixes = [b for b in server.request_log if sum(1 for m in b.get("messages", []) if m.get("role") == "user") >= 2]
+    assert fixes
+    second_user = [m for m in fixes[-1]["messages"] if m.get("role") == "user"][1]
+    text = str(second_user.get("content"))
+    assert "quality gates" in text and "AssertionError: 41 != 42" in text
+    assert "Fixed the answer to 42" in git(repo, "show", "-s", "--format=%B", commits[0])
