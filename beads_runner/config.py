@@ -71,6 +71,8 @@ class AgentConfig(_Section):
     timeout: Duration = 1800.0
     stall_timeout: Duration = 300.0
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
+    max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
+    daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
 
     @field_validator("model")
     @classmethod

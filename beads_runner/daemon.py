@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from beads_runner import procreg
+from beads_runner import costs, procreg
 from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.services import Services
@@ -28,9 +28,43 @@ log = structlog.get_logger("beads_runner.daemon")
 STATE_DB = "state.db"
 
 
-def build_engine(services: Services, *, poll: float = 0.05) -> LocalEngine:
+class BudgetGuard:
+    """Whether today's spend leaves room for another session (agent.daily_budget_usd), asked often by
+    the engine and the daemon, so the answer is cached for a few seconds."""
+
+    def __init__(self, budget: float | None, state_dir: Path, ttl: float = 5.0):
+        self.budget = budget
+        self.state_dir = state_dir
+        self.ttl = ttl
+        self._checked = -1e9
+        self._exceeded = False
+        self._said_on: str | None = None
+
+    def exceeded(self) -> bool:
+        if self.budget is None:
+            return False
+        now = time.monotonic()
+        if now - self._checked >= self.ttl:
+            spent, budget, self._exceeded = costs.budget_status(self.budget, self.state_dir)
+            self._checked = now
+            day = costs.utc_day(time.time())
+            if self._exceeded and self._said_on != day:
+                self._said_on = day
+                log.warning(costs.BUDGET_EXCEEDED_MESSAGE, spent_usd=round(spent, 4), budget_usd=budget)
+        return self._exceeded
+
+    def admit(self, _key: str) -> bool:
+        return not self.exceeded()
+
+    def invalidate(self) -> None:
+        """A step finished (maybe a session that spent money): look again at the next question."""
+        self._checked = -1e9
+
+
+def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard | None = None) -> LocalEngine:
     """The embedded engine for a repository, with the policies of its configuration."""
     cfg = services.config
+    budget = budget or BudgetGuard(cfg.agent.daily_budget_usd, services.state_dir)
     procreg.configure(services.state_dir / "procs")
     r = cfg.engine.retry
     timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
@@ -43,6 +77,7 @@ def build_engine(services: Services, *, poll: float = 0.05) -> LocalEngine:
         default_timeout=cfg.engine.step_timeout,
         poll=poll,
         before_resume=procreg.reap_orphans,
+        admit=budget.admit if cfg.agent.daily_budget_usd is not None else None,
     )
 
 
@@ -96,13 +131,15 @@ class Runner:
 
     def __init__(self, services: Services, engine: LocalEngine | None = None):
         self.services = services
-        self.engine = engine or build_engine(services)
+        self.budget = BudgetGuard(services.config.agent.daily_budget_usd, services.state_dir)
+        self.engine = engine or build_engine(services, budget=self.budget)
         self.tracker = services.tracker
         self.cfg = services.config
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.submitted: list[str] = []
         self.engine.add_listener(self._wake.set)
+        self.engine.add_listener(self.budget.invalidate)
 
     # --- one pass --------------------------------------------------------------------------
     def free_sessions(self) -> int:
@@ -117,6 +154,8 @@ class Runner:
     def poll_once(self) -> PollResult:
         """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
         result = PollResult()
+        if self.budget.exceeded():
+            return result  # running sessions finish; nothing new is claimed until the UTC day turns
         free = self.free_sessions()
         conflicts = 0
         while free > 0 and not self._stop.is_set():
@@ -132,6 +171,10 @@ class Runner:
                 continue
             except TrackerBusy as exc:
                 log.warning("tracker busy, will poll again", error=exc.message)
+                break
+            except TrackerError as exc:
+                # A daemon does not die of one bad tracker answer: say it, and ask again next poll.
+                log.error("tracker call failed, will poll again", error=exc.message, fix=exc.fix)
                 break
             if issue is None:
                 break

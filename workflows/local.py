@@ -188,6 +188,7 @@ class LocalEngine:
         lease: float = 30.0,
         poll: float = 0.05,
         before_resume: Callable[[], object] | None = None,
+        admit: Callable[[str], bool] | None = None,
     ):
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +203,9 @@ class LocalEngine:
         # Called before steps of a dead owner are resumed (the runner kills that owner's agents here,
         # so two sessions never edit one worktree).
         self.before_resume = before_resume
+        # Asked before a step with a concurrency key starts (e.g. the daily budget): False keeps it
+        # pending, without spending an attempt.
+        self.admit = admit
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = threading.local()
         self._running: dict[tuple[str, str], _Context] = {}
@@ -414,6 +418,8 @@ class LocalEngine:
             for row in candidates:
                 key = row["concurrency_key"]
                 if key is not None:
+                    if self.admit is not None and not self.admit(key):
+                        continue
                     if key not in in_use:
                         in_use[key] = db.execute(
                             "SELECT COUNT(*) FROM steps WHERE status='running' AND concurrency_key=?",

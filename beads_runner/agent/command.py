@@ -116,6 +116,9 @@ class CommandAgent:
             code = outcome.exit_code
             reason = (f"{self.name} was killed by signal {-code}" if code is not None and code < 0
                       else f"{self.name} exited {code}")
+            last = next((line.strip() for line in reversed(outcome.stderr_tail) if line.strip()), "")
+            if last:
+                reason = f"{reason}: {last[:200]}"
         tail = list(outcome.output_tail) + outcome.callback_errors
         if not ok:
             tail.append(f"beads-runner: {reason}")

@@ -96,9 +96,11 @@ class BdTracker:
                 raise TrackerBusy(f"`{name}` did not run: another process held {file_lock.lock_file} for "
                                   f"{self.timeout:g}s", fix="check for a stuck beads-runner or bd process") from None
             try:
+                # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
+                # write halfway (the runner finishes the call, then stops).
                 proc = subprocess.run(
                     argv, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                    timeout=self.timeout, check=False,
+                    timeout=self.timeout, check=False, start_new_session=True,
                 )
             except FileNotFoundError:
                 raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist",

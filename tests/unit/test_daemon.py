@@ -112,3 +112,30 @@ def test_an_agent_that_changes_nothing_fails_after_three_tries_and_goes_to_a_per
     assert issue.status == "blocked" and "needs-human" in issue.labels
     text = tracker.comments("t-none")[-1]["text"]
     assert "failed at step process after 3 attempt(s)" in text and "without changing any file" in text
+
+
+SPENDING_AGENT = textwrap.dedent("""\
+    import json, os, sys, time
+    sys.stdin.read()
+    issue = os.environ["BEADS_ISSUE_ID"]
+    open(f"work-{issue}.txt", "w").write("done")
+    now = int(time.time() * 1000)
+    print(json.dumps({"type": "step_finish", "timestamp": now, "sessionID": "ses_x",
+                      "part": {"reason": "stop", "cost": 0.75, "tokens": {"total": 10}}}))
+""")
+
+
+def test_a_spent_daily_budget_stops_new_sessions_but_lets_running_ones_finish(repo, tmp_path):
+    (tmp_path / "agent.py").write_text(SPENDING_AGENT)
+    config = repo / ".beads-runner.toml"
+    config.write_text(config.read_text().replace("[engine.retry]", "[engine]\nmax_sessions = 1\n[engine.retry]")
+                      .replace('kind = "command"', 'kind = "command"\ndaily_budget_usd = 0.5'))
+    git(repo, "commit", "-qam", "budget")
+    tracker = JsonlTracker(repo)
+    tracker.create("First", id="t-1", priority=0)
+    tracker.create("Second", id="t-2", priority=1)
+    assert run_once(repo) == 0
+    # The first session spent 0.75 of a 0.5 budget: it finished and landed; the second never started.
+    assert tracker.show("t-1").status == "closed"
+    assert tracker.show("t-2").status == "open"
+    assert not (repo / ".beads-runner" / "worktrees" / "t-2").exists()
