@@ -53,7 +53,8 @@ class Services:
 
     @cached_property
     def workspace(self) -> Workspace:
-        return Workspace(self.repo, self.config.land.target, self.state_dir)
+        land = self.config.land
+        return Workspace(self.repo, land.target, self.state_dir, push=land.push, remote=land.remote)
 
     @cached_property
     def gates(self) -> list[Gate]:

@@ -57,7 +57,8 @@ class Workspace:
     # file lock below for other processes).
     _admin_lock = threading.Lock()
 
-    def __init__(self, repo_root: Path, target: str = "main", state_dir: Path | None = None):
+    def __init__(self, repo_root: Path, target: str = "main", state_dir: Path | None = None, *,
+                 push: bool = False, remote: str = "origin"):
         self.root = Path(repo_root).resolve()
         try:
             self.repo = git.Repo(self.root)
@@ -65,11 +66,23 @@ class Workspace:
             raise GitError(f"{self.root} is not a git repository",
                            fix=f"run beads-runner inside a git repository (or `git init {self.root}`)") from None
         self.target = target
+        # push: many machines share a remote; work starts from and lands on the remote's target.
+        self.push = push
+        self.remote = remote
         self.state_dir = state_dir or self.root / ".beads-runner"
         self.worktrees_dir = self.state_dir / "worktrees"
         self._env = self._identity_env()
 
     # --- names -----------------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        """The ref the work starts from and lands on: the local target, or the remote's when pushing."""
+        return f"refs/remotes/{self.remote}/{self.target}" if self.push else f"refs/heads/{self.target}"
+
+    def fetch(self) -> None:
+        if self.push:
+            self.git("fetch", "-q", self.remote, f"+refs/heads/{self.target}:{self.base}")
+
     def branch(self, issue_id: str) -> str:
         return BRANCH_PREFIX + require_safe_issue_id(issue_id)
 
@@ -115,6 +128,13 @@ class Workspace:
             return None
 
     def check_target(self) -> str:
+        if self.push:
+            self.fetch()
+            sha = self.rev(self.base)
+            if sha is None:
+                raise GitError(f"the remote {self.remote!r} has no branch {self.target!r}",
+                               fix=f"push it first (git push {self.remote} {self.target}) or fix [land] remote/target")
+            return sha
         sha = self.rev(f"refs/heads/{self.target}")
         if sha is None:
             raise GitError(f"the target branch {self.target!r} does not exist in {self.root}",
@@ -141,7 +161,7 @@ class Workspace:
                 self.git("worktree", "add", str(path), branch)
             else:
                 self.check_target()
-                self.git("worktree", "add", "-b", branch, str(path), self.target)
+                self.git("worktree", "add", "-q", "--no-track", "-b", branch, str(path), self.base)
         return path
 
     def _worktree_branch(self, path: Path) -> str | None:
@@ -168,7 +188,7 @@ class Workspace:
     def changed_files(self, issue_id: str) -> list[str]:
         """Files the issue's work changes relative to the target: committed or not, tracked or new."""
         path = self.worktree_path(issue_id)
-        base = self.git("merge-base", "HEAD", self.target, cwd=path)
+        base = self.git("merge-base", "HEAD", self.base, cwd=path)
         names = set(filter(None, self.git("diff", "--name-only", base, cwd=path).splitlines()))
         names |= set(filter(None, self.git("ls-files", "--others", "--exclude-standard", cwd=path).splitlines()))
         return sorted(n for n in names if not _never_commit(n))
@@ -203,7 +223,7 @@ class Workspace:
         If the agent committed on its own, its commits are folded into this one, so the target
         receives exactly one commit per issue. Re-running after a crash finds the commit made."""
         path = self.worktree_path(issue_id)
-        base = self.git("merge-base", "HEAD", self.target, cwd=path)
+        base = self.git("merge-base", "HEAD", self.base, cwd=path)
         head = self.git("rev-parse", "HEAD", cwd=path)
         if head != base and self.find_commit(issue_id, "HEAD", since=base) == head and not self._dirty(path):
             return head  # already committed (a re-run)
@@ -227,41 +247,91 @@ class Workspace:
         return any(not _never_commit(line[3:]) for line in out.splitlines())
 
     # --- landing ---------------------------------------------------------------------------
+    def landed_commit(self, issue_id: str) -> str | None:
+        """The issue's commit if the target (the remote's, when pushing) already has it."""
+        self.fetch()
+        return self.find_commit(issue_id, self.base)
+
     def land(self, issue_id: str, regate: Callable[[Path], tuple[bool, str]] | None = None) -> Landed:
         """Put the issue branch's commit on the target, fast-forward only, under the landing lock.
 
         If the target moved since the branch was made, the branch is rebased and `regate`
         (the quality gates) runs again on the result before the target moves. A checkout of the
-        target with uncommitted changes is never touched: landing is refused and the branch kept."""
-        path = self.worktree_path(issue_id)
-        branch = self.branch(issue_id)
+        target with uncommitted changes is never touched: landing is refused and the branch kept.
+        With `push`, the target is the remote's: a push rejected because someone else pushed first
+        means fetch, rebase, re-gate and push again."""
         with FileLock(str(self._lock_path("land.lock"))):
-            landed = self.find_commit(issue_id, f"refs/heads/{self.target}")
+            if self.push:
+                return self._land_by_push(issue_id, regate)
+            landed = self.find_commit(issue_id, self.base)
             if landed:
                 return Landed(landed, self.target, already=True, rebased=False)
             target_sha = self.check_target()
-            rebased = False
-            if self.git("merge-base", branch, self.target) != target_sha:
-                try:
-                    self.git("rebase", "-q", self.target, cwd=path)
-                except GitError as exc:
-                    try:
-                        self.git("rebase", "--abort", cwd=path)
-                    except GitError:
-                        pass
-                    raise LandingRefused(
-                        f"{branch} does not rebase cleanly onto {self.target}: {exc.message}",
-                        fix=f"resolve it by hand in {path} (git rebase {self.target}), then land it",
-                    ) from None
-                rebased = True
-                if regate is not None:
-                    passed, summary = regate(path)
-                    if not passed:
-                        raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
-                                             fix=f"fix the branch {branch} in {path}")
-            sha = self.git("rev-parse", branch)
+            rebased = self._rebase_onto(issue_id, target_sha, regate)
+            sha = self.git("rev-parse", self.branch(issue_id))
             self._fast_forward(sha, target_sha)
             return Landed(sha, self.target, already=False, rebased=rebased)
+
+    PUSH_TRIES = 5
+
+    def _land_by_push(self, issue_id: str, regate: Callable[[Path], tuple[bool, str]] | None) -> Landed:
+        rebased = False
+        for _ in range(self.PUSH_TRIES):
+            target_sha = self.check_target()  # fetches
+            landed = self.find_commit(issue_id, self.base)
+            if landed:
+                self._follow_remote(landed)
+                return Landed(landed, self.target, already=True, rebased=rebased)
+            rebased = self._rebase_onto(issue_id, target_sha, regate) or rebased
+            sha = self.git("rev-parse", self.branch(issue_id))
+            try:
+                # Not forced: the remote accepts only a fast-forward of what we rebased onto.
+                self.git("push", "-q", self.remote, f"{sha}:refs/heads/{self.target}")
+            except GitError as exc:
+                if any(w in exc.message for w in ("rejected", "fetch first", "non-fast-forward", "stale info")):
+                    continue  # someone else landed first: fetch, rebase, re-gate, push again
+                raise
+            self.fetch()
+            self._follow_remote(sha)
+            return Landed(sha, self.target, already=False, rebased=rebased)
+        raise LandingRefused(f"pushing {self.target} to {self.remote} was rejected {self.PUSH_TRIES} times in a row",
+                             fix="the remote's target moves too fast or refuses pushes; the next attempt tries again")
+
+    def _follow_remote(self, sha: str) -> None:
+        """Move the local target to what was pushed, if that is a fast-forward and its checkout is clean;
+        otherwise leave it (the remote is the truth when pushing)."""
+        local = self.rev(f"refs/heads/{self.target}")
+        if local is None or local == sha:
+            return
+        try:
+            self.git("merge-base", "--is-ancestor", local, sha)
+            self._fast_forward(sha, local)
+        except GitError:
+            pass
+
+    def _rebase_onto(self, issue_id: str, target_sha: str, regate: Callable[[Path], tuple[bool, str]] | None) -> bool:
+        """Rebase the issue branch onto `target_sha` if it is not on it already, then re-run the gates."""
+        path = self.worktree_path(issue_id)
+        branch = self.branch(issue_id)
+        if self.git("merge-base", branch, target_sha) == target_sha:
+            return False
+        try:
+            self.git("rebase", "-q", target_sha, cwd=path)
+        except GitError as exc:
+            try:
+                self.git("rebase", "--abort", cwd=path)
+            except GitError:
+                pass
+            raise LandingRefused(
+                f"{branch} does not rebase cleanly onto {self.target}: {exc.message}",
+                fix=f"resolve it by hand in {path} (git rebase {self.target}), then land it",
+            ) from None
+        if regate is not None:
+            passed, summary = regate(path)
+            if not passed:
+                raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
+                                     fix=f"fix the branch {branch} in {path}")
+        return True
 
     def _lock_path(self, name: str) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)

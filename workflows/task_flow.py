@@ -308,7 +308,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
         "Agent": f"{agent.name} {agent.model}".strip(),
         "Gates": gates,
     })
-    if ws.find_commit(issue.id, f"refs/heads/{ws.target}") is None:
+    if ws.landed_commit(issue.id) is None:
         ws.commit(issue.id, message)
         failpoint("after-commit")
 

@@ -157,3 +157,95 @@ def test_remove_worktree_deletes_only_merged_branches(repo):
     ws.remove_worktree("bd-9")  # not landed: the branch must stay
     assert not path.exists()
     assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9")
+
+
+# --- land.push: many machines, one remote --------------------------------------------------------
+
+@pytest.fixture
+def remote_and_clones(tmp_path):
+    """A bare remote with one commit on main, and two clones of it (two machines)."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(remote), str(seed))
+    for r in (seed,):
+        git(r, "config", "user.name", "T")
+        git(r, "config", "user.email", "t@example.com")
+    (seed / "a.txt").write_text("a\n")
+    (seed / ".gitignore").write_text(".beads-runner/\n")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "init")
+    git(seed, "push", "-q", "origin", "main")
+    clones = []
+    for name in ("machine-a", "machine-b"):
+        path = tmp_path / name
+        git(tmp_path, "clone", "-q", str(remote), str(path))
+        git(path, "config", "user.name", name)
+        git(path, "config", "user.email", f"{name}@example.com")
+        clones.append(path)
+    return remote, seed, clones
+
+
+def test_push_lands_on_the_remote_and_a_stale_clone_builds_on_it(remote_and_clones):
+    remote, _, (a, b) = remote_and_clones
+    ws_a, ws_b = Workspace(a, push=True), Workspace(b, push=True)
+    wt = ws_a.ensure_worktree("bd-p1")
+    (wt / "p1.txt").write_text("1\n")
+    sha1 = ws_a.commit("bd-p1", msg("bd-p1"))
+    assert ws_a.land("bd-p1").sha == sha1
+    assert git(remote, "rev-parse", "main") == sha1
+    assert git(a, "rev-parse", "main") == sha1  # the local target follows when it can
+    # machine b never pulled: its work still starts from the remote's main, so no rebase is needed
+    wt_b = ws_b.ensure_worktree("bd-p2")
+    assert (wt_b / "p1.txt").exists()
+    (wt_b / "p2.txt").write_text("2\n")
+    ws_b.commit("bd-p2", msg("bd-p2"))
+    landed = ws_b.land("bd-p2")
+    assert not landed.rebased
+    assert git(remote, "rev-list", "--count", "main") == "3"
+    assert ws_a.landed_commit("bd-p2") == landed.sha  # seen from the other machine, after a fetch
+
+
+def test_a_rejected_push_is_fetched_rebased_re_gated_and_pushed_again(remote_and_clones):
+    remote, seed, (a, _) = remote_and_clones
+    ws = Workspace(a, push=True)
+    wt = ws.ensure_worktree("bd-p3")
+    (wt / "p3.txt").write_text("3\n")
+    ws.commit("bd-p3", msg("bd-p3"))
+    # another machine lands first, before this one starts landing
+    (seed / "other.txt").write_text("x\n")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "other")
+    git(seed, "push", "-q", "origin", "main")
+    regates = []
+
+    def regate(path):
+        regates.append(path)
+        if len(regates) == 1:  # ... and once more while this one re-gates: its push will be rejected
+            (seed / "again.txt").write_text("y\n")
+            git(seed, "add", "-A")
+            git(seed, "commit", "-q", "-m", "again")
+            git(seed, "push", "-q", "origin", "main")
+        return True, "ok"
+
+    landed = ws.land("bd-p3", regate=regate)
+    assert landed.rebased and len(regates) == 2  # rebased and re-gated twice
+    assert git(remote, "rev-parse", "main") == landed.sha
+    assert git(remote, "log", "--format=%s", "-3", "main").splitlines() == [
+        "Do it (bd-p3)", "again", "other"]
+    assert ws.land("bd-p3").already  # landing again finds it on the remote
+
+
+def test_push_never_forces_over_someone_elses_history(remote_and_clones):
+    remote, seed, (a, _) = remote_and_clones
+    ws = Workspace(a, push=True)
+    wt = ws.ensure_worktree("bd-p4")
+    (wt / "a.txt").write_text("mine\n")
+    ws.commit("bd-p4", msg("bd-p4"))
+    (seed / "a.txt").write_text("theirs\n")
+    git(seed, "commit", "-qam", "conflicting")
+    git(seed, "push", "-q", "origin", "main")
+    before = git(remote, "rev-parse", "main")
+    with pytest.raises(LandingRefused, match="does not rebase cleanly"):
+        ws.land("bd-p4")
+    assert git(remote, "rev-parse", "main") == before
