@@ -7,6 +7,7 @@ trailer, the target already containing it) and goes on from there.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -189,9 +190,21 @@ class Workspace:
         """Files the issue's work changes relative to the target: committed or not, tracked or new."""
         path = self.worktree_path(issue_id)
         base = self.git("merge-base", "HEAD", self.base, cwd=path)
-        names = set(filter(None, self.git("diff", "--name-only", base, cwd=path).splitlines()))
-        names |= set(filter(None, self.git("ls-files", "--others", "--exclude-standard", cwd=path).splitlines()))
+        names = set(filter(None, self.git("diff", "--name-only", "-z", base, cwd=path).split("\0")))
+        names |= set(filter(None, self.git("ls-files", "--others", "--exclude-standard", "-z",
+                                           cwd=path).split("\0")))
         return sorted(n for n in names if not _never_commit(n))
+
+    def snapshot(self, issue_id: str) -> dict[str, str | None]:
+        """Each changed file and a hash of its content (None: deleted): to tell who changed what."""
+        path = self.worktree_path(issue_id)
+        out: dict[str, str | None] = {}
+        for name in self.changed_files(issue_id):
+            try:
+                out[name] = hashlib.sha1((path / name).read_bytes()).hexdigest()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                out[name] = None
+        return out
 
     def has_changes(self, issue_id: str) -> bool:
         return bool(self.changed_files(issue_id))
@@ -217,19 +230,24 @@ class Workspace:
         return None
 
     # --- commit ----------------------------------------------------------------------------
-    def commit(self, issue_id: str, message: str) -> str:
+    def commit(self, issue_id: str, message: str, paths: list[str] | None = None) -> str:
         """One commit on the issue branch holding all of the agent's work, then HEAD's sha.
 
-        If the agent committed on its own, its commits are folded into this one, so the target
-        receives exactly one commit per issue. Re-running after a crash finds the commit made."""
+        `paths`: the files the agent changed (None: every change in the worktree), so that what the
+        gates left behind (caches, coverage data) is never committed. If the agent committed on its
+        own, its commits are folded into this one, so the target receives exactly one commit per
+        issue. Re-running after a crash finds the commit made."""
         path = self.worktree_path(issue_id)
         base = self.git("merge-base", "HEAD", self.base, cwd=path)
         head = self.git("rev-parse", "HEAD", cwd=path)
-        if head != base and self.find_commit(issue_id, "HEAD", since=base) == head and not self._dirty(path):
+        if head != base and self.find_commit(issue_id, "HEAD", since=base) == head and not self._dirty(path, paths):
             return head  # already committed (a re-run)
         if head != base:
             self.git("reset", "--soft", base, cwd=path)
-        self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path)
+        if paths is None:
+            self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path)
+        elif paths:
+            self._add_paths(path, [p for p in paths if not _never_commit(p)])
         if not self.git("diff", "--cached", "--name-only", cwd=path):
             raise GitError(f"nothing to commit for {issue_id}: the work has no changes outside "
                            f"{', '.join(NEVER_COMMIT)}")
@@ -242,9 +260,21 @@ class Workspace:
             os.unlink(fh.name)
         return self.git("rev-parse", "HEAD", cwd=path)
 
-    def _dirty(self, path: Path) -> bool:
-        out = self.git("status", "--porcelain", "--untracked-files=all", cwd=path)
-        return any(not _never_commit(line[3:]) for line in out.splitlines())
+    def _add_paths(self, worktree: Path, paths: list[str]) -> None:
+        """`git add -A` of exactly these paths (taken literally, NUL-separated: any name is safe)."""
+        with tempfile.NamedTemporaryFile("wb", suffix=".paths", dir=self.state_dir, delete=False) as fh:
+            fh.write(b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths))
+        try:
+            self.git("add", "-A", f"--pathspec-from-file={fh.name}", "--pathspec-file-nul", cwd=worktree,
+                     env={"GIT_LITERAL_PATHSPECS": "1"})
+        finally:
+            os.unlink(fh.name)
+
+    def _dirty(self, path: Path, paths: list[str] | None = None) -> bool:
+        out = self.git("status", "--porcelain", "-z", "--untracked-files=all", cwd=path)
+        wanted = None if paths is None else set(paths)
+        entries = [e[3:] for e in out.split("\0") if len(e) > 3]
+        return any(not _never_commit(e) and (wanted is None or e in wanted) for e in entries)
 
     # --- landing ---------------------------------------------------------------------------
     def landed_commit(self, issue_id: str) -> str | None:
@@ -316,7 +346,8 @@ class Workspace:
         if self.git("merge-base", branch, target_sha) == target_sha:
             return False
         try:
-            self.git("rebase", "-q", target_sha, cwd=path)
+            # --autostash: what the gates left in the worktree must not stop the rebase
+            self.git("rebase", "-q", "--autostash", target_sha, cwd=path)
         except GitError as exc:
             try:
                 self.git("rebase", "--abort", cwd=path)

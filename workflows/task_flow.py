@@ -239,22 +239,36 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
                              detail=result.summary)
         return result
 
+    byproducts: dict[str, str | None] = {}  # what the gates created or changed: never committed
+
+    def run_gates() -> SuiteReport:
+        before = ws.snapshot(issue.id)
+        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        after = ws.snapshot(issue.id)
+        byproducts.update({p: h for p, h in after.items() if before.get(p, "") != h})
+        return report
+
     result = session(request)
     # The fix loop: the runner runs the gates; while they fail and sessions remain, the same session
     # gets the report and fixes its change. verify re-checks whatever tree comes out of this.
-    report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+    report = run_gates()
     while not report.passed and totals["sessions"] < svc.config.agent.max_attempts:
         ctx.log("gates failed, the session gets the report", gates=report.trailer(), sessions=totals["sessions"])
         result = session(request.model_copy(update={
             "session_id": result.session_id, "prompt": fix_message(report)}))
-        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        report = run_gates()
     if not report.passed:
         memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason="the quality gates still fail")
         raise StepFailed(f"quality gates still fail after {totals['sessions']} session(s): {report.summary()}",
                          retryable=False, detail=report.render_text())
+    now = ws.snapshot(issue.id)
+    # The agent's files: every change, less what the gates made and nobody touched since.
+    agent_files = sorted(p for p, h in now.items() if p not in byproducts or byproducts[p] != h)
+    if byproducts:
+        ctx.log("left out of the commit: made by the gates", files=sorted(set(now) - set(agent_files))[:20])
     return ProcessOutput(
         session_id=result.session_id, summary=result.summary, tokens=result.tokens, cost=totals["cost"],
-        duration_s=result.duration_s, changed_files=ws.changed_files(issue.id), worktree=str(worktree),
+        duration_s=result.duration_s, changed_files=agent_files, worktree=str(worktree),
         branch=ws.branch(issue.id), sessions=totals["sessions"], gate_report=report,
         gated_tree=ws.tree_id(issue.id),
     )
@@ -309,7 +323,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
         "Gates": gates,
     })
     if ws.landed_commit(issue.id) is None:
-        ws.commit(issue.id, message)
+        ws.commit(issue.id, message, paths=proc.changed_files)
         failpoint("after-commit")
 
     def regate(path) -> tuple[bool, str]:

@@ -139,3 +139,16 @@ def test_a_spent_daily_budget_stops_new_sessions_but_lets_running_ones_finish(re
     assert tracker.show("t-1").status == "closed"
     assert tracker.show("t-2").status == "open"
     assert not (repo / ".beads-runner" / "worktrees" / "t-2").exists()
+
+
+def test_what_the_gates_leave_behind_is_never_committed(repo, tmp_path):
+    gate = tmp_path / "gate.py"
+    gate.write_text("import pathlib\npathlib.Path('coverage.dat').write_text('gate output')\n"
+                    "pathlib.Path('cache').mkdir(exist_ok=True)\npathlib.Path('cache/x.pyc').write_bytes(b'1')\n")
+    config = repo / ".beads-runner.toml"
+    config.write_text(config.read_text() + f'\n[[gates]]\nname = "cov"\nrun = "{sys.executable} {gate}"\n')
+    git(repo, "commit", "-qam", "a gate with byproducts")
+    JsonlTracker(repo).create("Work", id="t-by")
+    assert run_once(repo) == 0
+    files = git(repo, "show", "--name-only", "--format=", "main").split()
+    assert files == ["work-t-by.txt"]
