@@ -180,6 +180,18 @@ def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=wait)
     svc.tracker.show(issue_id)  # a missing issue is an error now, not a failed run later
+    if svc.config.engine.kind == "hatchet":
+        from workflows.hatchet import hatchet_engine
+
+        engine = hatchet_engine(svc)
+        run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
+        click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id} (on Hatchet)")
+        if wait:
+            while (view := engine.get_run(run_id)) is None or view.status in ("queued", "running", "failing"):
+                time.sleep(2)
+            _print_outcome(view)
+            sys.exit(0 if view.status == "succeeded" else 1)
+        return
     engine = build_engine(svc)
     run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
     click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")

@@ -27,6 +27,11 @@ PROCESS = "process"
 
 
 def _engine(svc: Services):
+    """The engine whose runs to read: the embedded one's database, or Hatchet's runs API."""
+    if svc.config.engine.kind == "hatchet":
+        from workflows.hatchet import hatchet_engine
+
+        return hatchet_engine(svc)
     from beads_runner.daemon import STATE_DB, build_engine
 
     if not (svc.state_dir / STATE_DB).exists():
@@ -409,6 +414,13 @@ def stream_logs(svc: Services, ref: str, follow: bool = False, as_json: bool = F
     if not as_json:
         title = _title(run)
         yield f"run {run.id}  issue {run.key}" + (f": {title}" if title else "") + f"  ({run.status})"
+    if follow and hasattr(engine, "stream"):
+        # Hatchet: the steps run on workers; their events come on the run's stream.
+        for ev in engine.stream(run.id):
+            yield json.dumps({"source": "engine", **ev}) if as_json else _engine_line(
+                {"ts": time.time(), "step": ev.get("step"), "event": ev.get("event", "event"),
+                 **{k: v for k, v in ev.items() if k not in ("step", "event", "ts")}})
+        return
     last_event = 0
     files: dict[Path, _AgentFile] = {}
     run_dir = svc.state_dir / "runs" / run.id

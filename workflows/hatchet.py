@@ -24,7 +24,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -594,6 +594,46 @@ class HatchetEngine:
         # Active runs are few (≤ sessions + runs in flight); their steps say which hold a session.
         return [(self.get_run(v.id) or v) if v.status in _ACTIVE else v for v in views]
 
+    # what `status`, `logs` and `review` read (the embedded engine answers the same questions)
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """One entry per step that ran, its latest attempt (Hatchet keeps the count, not each try)."""
+        run = self.get_run(run_id)
+        if run is None:
+            return []
+        return [{"run_id": run_id, "step": s.name, "attempt": s.attempt, "status": s.status, "error": s.error,
+                 "started_at": s.started_at, "finished_at": s.finished_at, "notes": s.notes}
+                for s in run.steps if s.attempt]
+
+    def events(self, run_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+        """No stored events here: the step events travel on the run's stream (see `stream`)."""
+        return []
+
+    def sessions_in_use(self, key: str) -> int:
+        return sum(1 for run in self.runs(statuses=_ACTIVE, limit=1000)
+                   for s in run.steps if s.status == "running" and self.flow.step(s.name).concurrency_key == key)
+
+    def stream(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """The run's step events as they happen (`ctx.put_stream` on the workers), until the run ends."""
+        import asyncio
+        import queue
+
+        events: queue.Queue = queue.Queue()
+        done = object()
+
+        async def pump() -> None:
+            try:
+                async for payload in self.hatchet.runs.subscribe_to_stream(run_id):
+                    events.put(payload)
+            finally:
+                events.put(done)
+
+        threading.Thread(target=lambda: asyncio.run(pump()), name="hatchet-stream", daemon=True).start()
+        while (item := events.get()) is not done:
+            try:
+                yield json.loads(item) if isinstance(item, str) else dict(item)
+            except (ValueError, TypeError):
+                yield {"event": str(item)}
+
     def active_run(self, key: str) -> str | None:
         rows = self._list(_ACTIVE, 1, key)
         return self._summary_view(rows[0]).id if rows else None
@@ -614,6 +654,12 @@ class HatchetEngine:
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
+
+
+def hatchet_engine(services: Services) -> HatchetEngine:
+    """The Hatchet engine of a repository's configuration, for `submit`, `status` and `logs`."""
+    client = make_client()
+    return HatchetEngine(client, build_workflow(client, services.config), services)
 
 
 class HatchetRunner(Runner):

@@ -98,7 +98,12 @@ def spied(calls: list):
     return dataclasses.replace(TASK_FLOW, steps=tuple(spy(s) for s in TASK_FLOW.steps), on_failure=on_failure)
 
 
-VOLATILE = re.compile(r"(run-[0-9a-z-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{40}|[0-9a-f]{8}(?= on main)|/tmp/\S+?/(local|hatchet)/)")
+VOLATILE = re.compile(
+    r"(run-[0-9a-z-]+"  # embedded run ids
+    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # Hatchet run ids
+    r"|[0-9a-f]{40}|[0-9a-f]{8}(?= on main)"  # commit shas (the trees are compared instead)
+    r"|/tmp/\S+?/(local|hatchet)/)"  # the two repositories' paths
+)
 
 
 def normalise(value):
