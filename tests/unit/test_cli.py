@@ -103,3 +103,17 @@ def test_doctor_reports_each_problem_with_its_fix(tmp_path):
     assert "[FAIL] git" in result.stdout and "trunk" in result.stdout
     assert "[FAIL] tracker" in result.stdout and "no-such-bd" in result.stdout
     assert result.stdout.count("fix:") >= 2
+
+
+def test_gates_command_runs_the_configured_gates_on_the_tree(tmp_path):
+    repo = git_repo(tmp_path / "r")
+    (repo / ".beads-runner.toml").write_text(
+        f'[[gates]]\nname = "ok"\nrun = "{sys.executable} -c pass"\n'
+        f'[[gates]]\nname = "bad"\nrun = "{sys.executable} -c \'raise SystemExit(3)\'"\n')
+    result = cli(repo, "gates", "--json")
+    assert result.returncode == 1, result.stderr
+    report = __import__("json").loads(result.stdout)
+    by_name = {r["name"]: r["status"] for r in report["reports"]}
+    assert by_name["ok"] == "pass" and by_name["bad"] == "fail"
+    human = cli(repo, "gates")
+    assert "FAIL" in human.stdout and "bad" in human.stdout
