@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import git, new_repo
 from beads_runner.config import load_config
 from beads_runner.daemon import Runner, build_engine
 from beads_runner.services import Services, register_services
@@ -43,15 +43,9 @@ AGENT = textwrap.dedent("""\
 """)
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
 
 def make_repo(path: Path, agent: Path) -> Path:
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "T")
-    git(path, "config", "user.email", "t@example.com")
+    new_repo(path)
     for rel, text in {"pkg/__init__.py": "", "tests/__init__.py": "", ".gitignore": ".beads-runner/\n"}.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         (path / rel).write_text(text)

@@ -4,13 +4,13 @@ what it leaves alone, and what it refuses."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import git, new_repo
 from beads_runner.config import load_config
 from beads_runner.daemon import Runner
 from beads_runner.services import Services, register_services
@@ -26,17 +26,11 @@ AGENT = textwrap.dedent("""\
 """)
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
     path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "T")
-    git(path, "config", "user.email", "t@example.com")
+    new_repo(path)
     (tmp_path / "agent.py").write_text(AGENT)
     (path / ".gitignore").write_text(".beads-runner/\n")
     (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\

@@ -9,7 +9,6 @@ so fail after three tries and go to a person.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import git, new_repo
 from beads_runner.cli import main
 from beads_runner.config import load_config
 from beads_runner.daemon import Runner
@@ -69,17 +69,11 @@ FALLBACK_EVENTS = "\n".join(json.dumps(e) for e in [
 ]) + "\n"
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
 
 def make_repo(root: Path, *, max_sessions: int = 3, hold: Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.name", "T")
-    git(repo, "config", "user.email", "t@example.com")
+    new_repo(repo)
     (root / "agent.py").write_text(AGENT)
     events = root / "events.ndjson"
     events.write_text(EVENTS.read_text() if EVENTS else FALLBACK_EVENTS)

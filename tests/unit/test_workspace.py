@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import git, new_repo
 from beads_runner.errors import UnsafeIdError
 from beads_runner.workspace import LandingRefused, Workspace, trailer_message
 
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
     path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "T")
-    git(path, "config", "user.email", "t@example.com")
+    new_repo(path)
     (path / "a.txt").write_text("a\n")
     (path / ".gitignore").write_text(".beads-runner/\n")
     git(path, "add", "-A")
