@@ -508,9 +508,6 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
     return {"target": ws.target, "since": since, "issue_id": issue_id, "commits": commits, "history": history}
 
 
-def landed_commits(svc: Services, issue_id: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-    return review_data(svc, issue_id, since)["commits"]
-
 
 def render_review(data: dict[str, Any]) -> str:
     lines: list[str] = []

@@ -206,9 +206,6 @@ class Workspace:
                 out[name] = None
         return out
 
-    def has_changes(self, issue_id: str) -> bool:
-        return bool(self.changed_files(issue_id))
-
     def tree_id(self, issue_id: str) -> str:
         """The git tree of the worktree as it is now (uncommitted and untracked files included), computed
         in a throwaway index: equal ids mean byte-for-byte the same work."""
