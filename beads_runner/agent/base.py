@@ -22,6 +22,9 @@ class TokenUsage(BaseModel):
     cache_read: int = 0
     cache_write: int = 0
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{k: getattr(self, k) + getattr(other, k) for k in TokenUsage.model_fields})
+
 
 class SessionRequest(BaseModel):
     issue_id: str

@@ -92,7 +92,7 @@ def test_nonzero_exit_is_not_ok_and_keeps_output_tail(tmp_path):
     result = agent.run(_request(tmp_path))
     assert not result.ok
     assert result.exit_code == 3
-    assert result.reason == f"{agent.name} exited 3"
+    assert result.reason == f"{agent.name} exited 3: boom: disk full"  # with the last stderr line: why
     assert result.retryable
     assert "boom: disk full" in result.output_tail
     assert "working" in result.output_tail
