@@ -93,6 +93,9 @@ class EngineConfig(_Section):
     kind: Literal["local", "hatchet"] = "local"
     max_sessions: int = Field(3, ge=1, le=64)
     max_runs: int = Field(8, ge=1, le=256)  # runs in flight at once (steps other than process)
+    # Issues claimed beyond the free sessions, so the next one is ready (claimed, checked) the moment a
+    # session ends instead of after a round of tracker calls. 0: claim only for a free session.
+    prefetch: int = Field(1, ge=0, le=16)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     step_timeout: Duration = 3600.0  # check-deps and commit; process uses agent.timeout, verify the gates'
     sessions_per_minute: int | None = Field(None, ge=1)  # hatchet: rate limit on session starts

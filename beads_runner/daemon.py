@@ -2,7 +2,8 @@
 
 One place decides what runs. The tracker says what is ready; the engine's database says what is
 already running (for this runner and any other sharing the repository); this loop claims only as
-many issues as there are free sessions, so claimed issues never sit waiting behind the cap.
+many issues as there are free sessions (plus `engine.prefetch`, one by default, so the next issue is
+claimed and checked before a session frees up), so claimed issues never pile up behind the cap.
 """
 
 from __future__ import annotations
@@ -143,13 +144,14 @@ class Runner:
 
     # --- one pass --------------------------------------------------------------------------
     def free_sessions(self) -> int:
-        """Sessions not taken by runs that have yet to finish their `process` step."""
+        """Sessions not taken by runs that have yet to finish their `process` step, plus the
+        `engine.prefetch` issues claimed ahead so a session never waits for the tracker."""
         waiting = 0
         for run in self.engine.runs(statuses=("queued", "running")):
             proc = next((s for s in run.steps if s.name == "process"), None)
             if proc is not None and proc.status in ("pending", "running"):
                 waiting += 1
-        return self.cfg.engine.max_sessions - waiting
+        return self.cfg.engine.max_sessions + self.cfg.engine.prefetch - waiting
 
     def poll_once(self) -> PollResult:
         """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
@@ -252,8 +254,7 @@ class Runner:
                     self._wake.clear()
                     result = self.poll_once()
                     next_poll = now + interval
-                    if once and not result.submitted and not self.engine.has_active_runs():
-                        # Nothing ready that we could take and nothing running: done.
+                    if once and not result.submitted and self._idle():
                         break
                 self._wake.wait(watch_interval)
                 if watcher is not None and watcher.changed():
@@ -262,6 +263,13 @@ class Runner:
             log.info("runner stopping", grace=self.cfg.engine.grace_period)
             self.engine.stop(grace=self.cfg.engine.grace_period if self._stop.is_set() else 0.0)
         return self.exit_code()
+
+    def _idle(self) -> bool:
+        """Nothing ready that we could take, and nothing that can still move: done (for --once).
+        Runs waiting on a spent budget cannot move until tomorrow; they resume at the next start."""
+        if not self.engine.has_active_runs():
+            return True
+        return self.budget.exceeded() and self.engine.running_steps() == 0
 
     def exit_code(self) -> int:
         runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]

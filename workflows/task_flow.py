@@ -240,11 +240,12 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
         return result
 
     byproducts: dict[str, str | None] = {}  # what the gates created or changed: never committed
+    latest: dict[str, dict[str, str | None]] = {}
 
     def run_gates() -> SuiteReport:
         before = ws.snapshot(issue.id)
         report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
-        after = ws.snapshot(issue.id)
+        latest["after"] = after = ws.snapshot(issue.id)
         byproducts.update({p: h for p, h in after.items() if before.get(p, "") != h})
         return report
 
@@ -261,7 +262,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
         memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason="the quality gates still fail")
         raise StepFailed(f"quality gates still fail after {totals['sessions']} session(s): {report.summary()}",
                          retryable=False, detail=report.render_text())
-    now = ws.snapshot(issue.id)
+    now = latest["after"]  # the worktree has not changed since the last gate run
     # The agent's files: every change, less what the gates made and nobody touched since.
     agent_files = sorted(p for p, h in now.items() if p not in byproducts or byproducts[p] != h)
     if byproducts:

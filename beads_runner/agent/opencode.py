@@ -117,8 +117,12 @@ class OpenCodeAgent:
         return argv + list(self.config.args)
 
     def _data_key(self) -> str:
+        """opencode's database file for this environment (the thing concurrent first starts race on)."""
         env = self._env()
-        return env.get("OPENCODE_DB") or env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        if env.get("OPENCODE_DB"):
+            return env["OPENCODE_DB"]
+        data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return str(Path(data) / "opencode" / "opencode.db")
 
     def run(self, request: SessionRequest, *, cancel: threading.Event | None = None,
             on_event: EventCallback | None = None) -> SessionResult:
@@ -209,6 +213,9 @@ class _FirstStart:
             event = cls._ready.get(key)
             if event is None:
                 event = cls._ready[key] = threading.Event()
+                if Path(key).exists():  # created by an earlier run: nothing to race on
+                    event.set()
+                    return cls(event, first=False)
                 return cls(event, first=True)
         event.wait(cls.WAIT)
         return cls(event, first=False)
