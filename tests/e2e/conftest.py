@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from beads_runner.scripted_model import ScriptedModelServer
+from bench.run import max_overlap  # the benchmarks' interval arithmetic, shared
 from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, standin_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,15 +118,6 @@ def session_intervals(repo: Path) -> list[tuple[float, float]]:
     db = sqlite3.connect(repo / ".beads-runner" / "state.db")
     rows = db.execute("SELECT started_at, finished_at FROM attempts WHERE step='process' AND finished_at IS NOT NULL")
     return [(a, b) for a, b in rows]
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    points = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda p: (p[0], p[1]))
-    best = now = 0
-    for _, delta in points:
-        now += delta
-        best = max(best, now)
-    return best
 
 
 __all__ = ["create_issue", "git", "issue", "max_overlap", "run_cli", "sample_repo", "session_intervals", "writes"]
