@@ -32,6 +32,14 @@ from workflows.spec import RetryPolicy, StepFailed, StepSpec, WorkflowSpec
 log = structlog.get_logger("beads_runner.engine")
 
 ACTIVE = ("queued", "running", "failing")
+# Pending steps whose parents have all succeeded and whose backoff is over, oldest run first.
+_READY_STEPS = """
+    SELECT s.run_id, s.name, s.attempt, s.concurrency_key, s.timeout, r.input FROM steps s
+    JOIN runs r ON r.id = s.run_id
+    WHERE s.status = 'pending' AND s.not_before <= ? AND r.status IN ('queued', 'running') AND r.workflow = ?
+      AND NOT EXISTS (SELECT 1 FROM steps p
+                      WHERE p.run_id = s.run_id AND p.position < s.position AND p.status != 'succeeded')
+    ORDER BY r.created_at, s.position LIMIT ?"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -403,17 +411,13 @@ class LocalEngine:
         if free <= 0:
             return []
         now = time.time()
+        # A plain read first: the write lock is taken only when something may start, so idle runners
+        # sharing the database do not take turns locking it several times a second.
+        if not self._conn().execute(_READY_STEPS, (now, self.workflow.name, 1)).fetchone():
+            return []
         claimed: list[tuple[str, str, int, str]] = []
         with self._tx() as db:
-            candidates = db.execute(
-                """SELECT s.run_id, s.name, s.attempt, s.concurrency_key, s.timeout, r.input FROM steps s
-                   JOIN runs r ON r.id = s.run_id
-                   WHERE s.status='pending' AND s.not_before <= ? AND r.status IN ('queued','running')
-                     AND r.workflow = ?
-                     AND NOT EXISTS (SELECT 1 FROM steps p WHERE p.run_id = s.run_id
-                                     AND p.position < s.position AND p.status != 'succeeded')
-                   ORDER BY r.created_at, s.position LIMIT ?""",
-                (now, self.workflow.name, free)).fetchall()
+            candidates = db.execute(_READY_STEPS, (now, self.workflow.name, free)).fetchall()
             in_use: dict[str, int] = {}
             for row in candidates:
                 key = row["concurrency_key"]
