@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,35 @@ def configure(directory: Path | None) -> None:
         _dir = directory
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+
+
+def exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, without reaping it: while its zombie stands, its process
+    group id cannot be given to anyone else, so signalling that group is still safe."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_pid != 0
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_group(proc: subprocess.Popen, grace: float) -> None:
+    """End the group our child leads (start_new_session=True): SIGTERM, SIGKILL after `grace`
+    seconds (at once with 0), then reap the child. Also after a normal exit: what the child left
+    running in its group goes too."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and not exited(proc.pid):
+        time.sleep(0.05)
+    _signal_group(proc.pid, signal.SIGKILL)  # the leader, if still there, and whatever it left behind
+    proc.wait()
 
 
 def start_ticks(pid: int) -> int | None:

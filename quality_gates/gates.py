@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -117,29 +116,20 @@ def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str
     deadline = started + timeout
     timed_out = cancelled = False
     # Recorded while it runs, so a runner killed with SIGKILL does not leave the gate running.
-    registration = procreg.registered(proc.pid, f"gate {argv[0]}")
-    registration.__enter__()
-    try:
-        while proc.poll() is None:
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-            elif time.monotonic() >= deadline:
-                timed_out = True
-            if timed_out or cancelled:
-                kill_group(proc)
-                break
-            try:
-                proc.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                pass
-    except BaseException:  # KeyboardInterrupt in `beads-runner gates`: leave nothing running
-        kill_group(proc, grace=0.5)
-        raise
-    else:
-        # The leader exited: members of its group it left behind (a daemonised server) go too.
-        _sweep(proc.pid)
-    finally:
-        registration.__exit__(None, None, None)
+    with procreg.registered(proc.pid, f"gate {argv[0]}"):
+        try:
+            while not procreg.exited(proc.pid):
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif time.monotonic() >= deadline:
+                    timed_out = True
+                if timed_out or cancelled:
+                    break
+                time.sleep(0.05)
+        finally:
+            # On a limit, on Ctrl-C in `beads-runner gates`, and after a normal exit (whatever the
+            # command left running in its group, a daemonised server say): the group goes, once.
+            procreg.kill_group(proc, 3.0 if (timed_out or cancelled) else 0.0)
     reader.join(timeout=5)
     output = b"".join(chunks).decode("utf-8", errors="replace")
     if log_path is not None:
@@ -239,29 +229,6 @@ class CommandGate:
         return result(status="pass", preexisting=cmp.preexisting,
                       reason=f"exited {out.exit_code} with only pre-existing failures"
                              f" ({len(cmp.preexisting)} line(s), also on {where})")
-
-
-def _sweep(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGTERM the process group, SIGKILL it if still there after `grace` seconds, then reap."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # The leader may be gone while members of its group live on: sweep the group once more.
-    _sweep(proc.pid)
 
 
 def run_suite(gates: Sequence[Gate], workdir: Path | GateInput, *, target: str | None = None,

@@ -10,9 +10,7 @@ reused by an unrelated process when we signal it.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -46,33 +44,6 @@ class ProcessOutcome:
     @property
     def killed(self) -> bool:
         return self.timed_out or self.stalled or self.cancelled
-
-
-def _exited(pid: int) -> bool:
-    """Whether the child has exited, without reaping it (the zombie keeps the group id ours)."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None and info.si_pid != 0
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the child's process group, SIGKILL it after `grace` seconds, then reap the child."""
-    pgid = proc.pid  # start_new_session=True: the child leads its own group
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and not _exited(proc.pid):
-        time.sleep(TICK)
-    _signal_group(pgid, signal.SIGKILL)  # the leader, if still there, and whatever it left behind
-    proc.wait()
 
 
 def run_supervised(
@@ -147,44 +118,43 @@ def run_supervised(
         thread.start()
 
     timed_out = stalled = cancelled = False
-    registration = procreg.registered(proc.pid, f"agent {argv[0]}")
-    registration.__enter__()
-    try:
-        while True:
-            if _exited(proc.pid):
-                break
-            now = time.monotonic()
-            with lock:
-                silent_for = now - last_activity[0]
-            if now - started >= timeout:
-                timed_out = True
-            elif silent_for >= stall_timeout:
-                stalled = True
-            elif cancel is not None and cancel.is_set():
-                cancelled = True
-            if timed_out or stalled or cancelled:
-                break
-            if cancel is not None:
-                cancel.wait(TICK)
-            else:
-                time.sleep(TICK)
-    finally:
-        # On a limit, and also after a normal exit (leftover children of the group), and if this
-        # thread is interrupted: the group goes.
-        kill_group(proc, kill_grace if (timed_out or stalled or cancelled) else 0.0)
-        registration.__exit__(None, None, None)
-        deadline = time.monotonic() + READER_GRACE
-        for thread in threads[1:]:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if not any(t.is_alive() for t in threads[1:]):
-            # Otherwise a process that left the group (setsid) still holds a pipe: leave the
-            # daemon readers to it rather than closing a file under a reading thread.
-            for pipe in (proc.stdout, proc.stderr):
-                try:
-                    if pipe is not None:
-                        pipe.close()
-                except OSError:
-                    pass
+    # Recorded while it runs, so a runner killed with SIGKILL does not leave the session running.
+    with procreg.registered(proc.pid, f"agent {argv[0]}"):
+        try:
+            while True:
+                if procreg.exited(proc.pid):
+                    break
+                now = time.monotonic()
+                with lock:
+                    silent_for = now - last_activity[0]
+                if now - started >= timeout:
+                    timed_out = True
+                elif silent_for >= stall_timeout:
+                    stalled = True
+                elif cancel is not None and cancel.is_set():
+                    cancelled = True
+                if timed_out or stalled or cancelled:
+                    break
+                if cancel is not None:
+                    cancel.wait(TICK)
+                else:
+                    time.sleep(TICK)
+        finally:
+            # On a limit, and also after a normal exit (leftover children of the group), and if this
+            # thread is interrupted: the group goes.
+            procreg.kill_group(proc, kill_grace if (timed_out or stalled or cancelled) else 0.0)
+    deadline = time.monotonic() + READER_GRACE
+    for thread in threads[1:]:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if not any(t.is_alive() for t in threads[1:]):
+        # Otherwise a process that left the group (setsid) still holds a pipe: leave the
+        # daemon readers to it rather than closing a file under a reading thread.
+        for pipe in (proc.stdout, proc.stderr):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
     with lock:
         return ProcessOutcome(
             exit_code=proc.returncode,
