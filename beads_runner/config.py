@@ -27,6 +27,7 @@ from beads_runner.errors import ConfigError
 
 CONFIG_FILE = ".beads-runner.toml"
 STATE_DIR = ".beads-runner"
+STATE_DB = "state.db"  # the embedded engine's database, in STATE_DIR
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

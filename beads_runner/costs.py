@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATE_DB = "state.db"  # the embedded engine's database under the state directory
+from beads_runner.agent.events import step_usage
+from beads_runner.config import STATE_DB
+
 PROCESS_STEP = "process"
 BUDGET_EXCEEDED_MESSAGE = "daily budget spent: no new sessions start until tomorrow (UTC)"
 
@@ -94,12 +96,9 @@ def step_finish_usage(event: dict[str, Any]) -> Usage | None:
     if not isinstance(event, dict) or event.get("type") != "step_finish":
         return None
     part = event.get("part") if isinstance(event.get("part"), dict) else {}
-    tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
-    cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
-    return Usage(tokens=_int(tokens.get("total")), input=_int(tokens.get("input")),
-                 output=_int(tokens.get("output")), reasoning=_int(tokens.get("reasoning")),
-                 cache_read=_int(cache.get("read")), cache_write=_int(cache.get("write")),
-                 cost=_num(part.get("cost")), steps=1)
+    tokens, cost = step_usage(part)  # the event's shape is known in one place: agent/events.py
+    return Usage(tokens=tokens.total, input=tokens.input, output=tokens.output, reasoning=tokens.reasoning,
+                 cache_read=tokens.cache_read, cache_write=tokens.cache_write, cost=cost, steps=1)
 
 
 def event_time(event: dict[str, Any]) -> float | None:

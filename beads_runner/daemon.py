@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from beads_runner import costs, procreg
+from beads_runner.config import STATE_DB
 from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.services import Services
@@ -26,7 +27,6 @@ from workflows.task_flow import TASK_FLOW, TaskInput
 
 log = structlog.get_logger("beads_runner.daemon")
 
-STATE_DB = "state.db"
 
 
 class BudgetGuard:
@@ -269,7 +269,14 @@ class Runner:
         Runs waiting on a spent budget cannot move until tomorrow; they resume at the next start."""
         if not self.engine.has_active_runs():
             return True
-        return self.budget.exceeded() and self.engine.running_steps() == 0
+        if not self.budget.exceeded():
+            return False
+        # Only runs whose next step is a session are stuck; any other step still moves on.
+        for run in self.engine.runs(statuses=("queued", "running", "failing")):
+            step = run.current_step
+            if step is None or step.status == "running" or self.engine.workflow.step(step.name).concurrency_key is None:
+                return False
+        return True
 
     def exit_code(self) -> int:
         runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]

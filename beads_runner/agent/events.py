@@ -56,6 +56,18 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def step_usage(part: dict[str, Any]) -> tuple[TokenUsage, float]:
+    """The tokens and cost of one `step_finish` event's `part` (missing or odd values count as 0)."""
+    tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
+    cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+    usage = TokenUsage(
+        total=_int(tokens.get("total")), input=_int(tokens.get("input")),
+        output=_int(tokens.get("output")), reasoning=_int(tokens.get("reasoning")),
+        cache_read=_int(cache.get("read")), cache_write=_int(cache.get("write")))
+    cost = part.get("cost")
+    return usage, float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else 0.0
+
+
 @dataclass
 class SessionEvents:
     """Accumulates one session's event stream. Feed raw lines with `feed()`."""
@@ -113,15 +125,9 @@ class SessionEvents:
             self.steps += 1
             reason = part.get("reason")
             self.last_reason = str(reason) if reason is not None else None
-            tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
-            cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
-            self.tokens = self.tokens + TokenUsage(
-                total=_int(tokens.get("total")), input=_int(tokens.get("input")),
-                output=_int(tokens.get("output")), reasoning=_int(tokens.get("reasoning")),
-                cache_read=_int(cache.get("read")), cache_write=_int(cache.get("write")))
-            cost = part.get("cost")
-            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-                self.cost += float(cost)
+            tokens, cost = step_usage(part)
+            self.tokens = self.tokens + tokens
+            self.cost += cost
         elif kind == "error":
             self.error = _parse_error(event.get("error"))
         elif kind != "step_start":

@@ -129,12 +129,12 @@ def test_a_spent_daily_budget_stops_new_sessions_but_lets_running_ones_finish(re
     tracker.create("First", id="t-1", priority=0)
     tracker.create("Second", id="t-2", priority=1)
     assert run_once(repo) == 0  # and it returns: a run waiting on the budget does not keep --once alive
-    # The first session spent 0.75 of a 0.5 budget: it finished and landed; the second never started
-    # (it may have been claimed ahead, engine.prefetch: its run resumes when there is budget again).
-    assert tracker.show("t-1").status == "closed"
-    assert tracker.show("t-2").status in ("open", "in_progress")
-    assert not (repo / ".beads-runner" / "worktrees" / "t-2").exists()
-    assert not (repo / "work-t-2.txt").exists()
+    # One session (max_sessions = 1) spent 0.75 of a 0.5 budget: it finished and landed; no other
+    # session started. (Both issues may be claimed, engine.prefetch; either may take the one slot.)
+    statuses = sorted(tracker.show(i).status for i in ("t-1", "t-2"))
+    assert statuses[0] == "closed" and statuses[1] in ("open", "in_progress")
+    assert len(list(repo.glob("work-*.txt"))) == 1
+    assert list((repo / ".beads-runner" / "worktrees").iterdir()) == []  # landed: removed; waiting: none made
 
 
 def test_what_the_gates_leave_behind_is_never_committed(repo, tmp_path):
