@@ -274,7 +274,7 @@ class Runner:
         # Only runs whose next step is a session are stuck; any other step still moves on.
         for run in self.engine.runs(statuses=("queued", "running", "failing")):
             step = run.current_step
-            if step is None or step.status == "running" or self.engine.workflow.step(step.name).concurrency_key is None:
+            if step is None or step.status == "running" or TASK_FLOW.step(step.name).concurrency_key is None:
                 return False
         return True
 
