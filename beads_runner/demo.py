@@ -204,7 +204,8 @@ def _report(repo: Path, svc: Services, tracker: JsonlTracker, code: int, elapsed
         echo("\nComment on demo-div:\n" + textwrap.indent(comments[-1]["text"], "  | ", lambda _line: True))
     branches = _git(repo, "branch", "--list", "--format=%(refname:short)", "beads-runner/*").split()
     echo(f"\nBranches kept for a person: {', '.join(branches) or 'none'}")
-    echo(f"\nTry: cd {repo} && beads-runner status && beads-runner review && beads-runner logs demo-total")
+    exe = shutil.which("beads-runner") or str(Path(sys.executable).parent / "beads-runner")
+    echo(f"\nTry: cd {repo} && {exe} status && {exe} review && {exe} logs demo-total")
     if not ok:
         echo("\nDEMO FAILED: the issues did not end as expected (see above and .beads-runner/logs/).", err=True)
         return 1

@@ -51,7 +51,8 @@ def run_checks(repo: Path) -> list[Check]:
     def tracker_check() -> str:
         version = svc.tracker.version()
         ready = svc.tracker.ready()
-        return f"{config.tracker.kind} {version}; {len(ready)} issue(s) ready"
+        name = "bd " + version if config.tracker.kind == "bd" else f"jsonl at {config.tracker.path}"
+        return f"{name}; {len(ready)} issue(s) ready"
 
     checks.append(_attempt("tracker", tracker_check))
 
