@@ -90,8 +90,22 @@ class RetryConfig(_Section):
     backoff_max: Duration = 30.0
 
 
+class HatchetConfig(_Section):
+    """engine.kind = "hatchet": where the engine is, and what `beads-runner hatchet up` runs."""
+
+    # The directory with hatchet-lite, hatchet-migrate and hatchet-admin (default: the checkout's
+    # .tools/bin, filled by `make tools`, then PATH).
+    bin_dir: str | None = None
+    # The PostgreSQL `hatchet up` gives the engine; unset: a cluster it creates and owns.
+    database_url: str | None = None
+    # Prefix of the workflow's name on the engine: repositories sharing one engine must differ.
+    # Unset: derived from the repository's first commit, the same in every clone of it.
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9_]{1,40}$")
+
+
 class EngineConfig(_Section):
     kind: Literal["local", "hatchet"] = "local"
+    hatchet: HatchetConfig = Field(default_factory=HatchetConfig)
     max_sessions: int = Field(3, ge=1, le=64)
     max_runs: int = Field(8, ge=1, le=256)  # runs in flight at once (steps other than process)
     # Issues claimed beyond the free sessions, so the next one is ready (claimed, checked) the moment a

@@ -18,7 +18,7 @@ import structlog
 
 from beads_runner import costs, procreg
 from beads_runner.config import STATE_DB
-from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.services import Services
 from workflows.local import LocalEngine
@@ -187,13 +187,27 @@ class Runner:
                 continue
             if self.engine.active_run(issue.id):
                 continue  # its run holds the claim already
-            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            try:
+                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            except RunnerError:
+                self._release_unsubmitted(issue.id)
+                raise
             if created:
                 self.submitted.append(run_id)
                 result.submitted.append(run_id)
                 log.info("claimed and submitted", issue_id=issue.id, run_id=run_id, title=issue.title[:80])
             free -= 1
         return result
+
+    def _release_unsubmitted(self, issue_id: str) -> None:
+        """The engine refused the run of an issue we just claimed: give the claim back, or it would
+        stay in progress with nobody working on it."""
+        try:
+            self.tracker.release(issue_id)
+            log.warning("could not start a run; released the claim", issue_id=issue_id)
+        except TrackerError as err:
+            log.error("could not start a run nor release the claim; the next start takes it back",
+                      issue_id=issue_id, error=err.message)
 
     def _refuse(self, issue_id: str) -> None:
         """An id that cannot name a branch or a path is never used for one: the issue goes to a person
@@ -220,7 +234,11 @@ class Runner:
         for issue in claimed:
             if not is_safe_issue_id(issue.id) or self.engine.active_run(issue.id):
                 continue
-            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            try:
+                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            except RunnerError:
+                self._release_unsubmitted(issue.id)
+                raise
             if created:
                 log.info("took back a stale claim", issue_id=issue.id, run_id=run_id)
                 self.submitted.append(run_id)

@@ -67,9 +67,12 @@ def run_checks(repo: Path) -> list[Check]:
 
     def engine_check() -> str:
         if config.engine.kind == "hatchet":
+            from beads_runner.hatchet_local import load_client_env
             from workflows.hatchet import check_hatchet_config
 
-            return check_hatchet_config()
+            from_up = load_client_env(svc.state_dir)
+            detail = check_hatchet_config(contact=True)
+            return detail + (" (settings from `beads-runner hatchet up`)" if from_up else "")
         state = svc.state_dir
         state.mkdir(parents=True, exist_ok=True)
         if not os.access(state, os.W_OK):

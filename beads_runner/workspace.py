@@ -142,6 +142,13 @@ class Workspace:
                            fix=f"create it (git branch {self.target}) or set [land] target in .beads-runner.toml")
         return sha
 
+    def root_commit(self) -> str:
+        """The first commit of the target's history: the same in every clone of this repository."""
+        roots = self.repo.git.rev_list("--max-parents=0", self.base if self.push else self.target).split()
+        if not roots:
+            raise GitError(f"the target branch {self.target!r} has no commits", fix="commit something first")
+        return sorted(roots)[0]
+
     # --- worktrees -------------------------------------------------------------------------
     def ensure_worktree(self, issue_id: str) -> Path:
         """The issue's worktree on its branch, created from the target if new. An existing one is

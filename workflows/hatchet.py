@@ -74,15 +74,37 @@ _ACTIVE = ("queued", "running")
 
 
 # --- the client -------------------------------------------------------------------------------------
-def make_client():
+def repo_namespace(services: Services | None) -> str:
+    """The prefix of this repository's workflow on the engine: `engine.hatchet.namespace`, else
+    HATCHET_CLIENT_NAMESPACE, else `br_` and the repository's first commit, which every clone shares
+    and no other repository has. Runs of two repositories on one engine never meet."""
+    import os
+
+    if services is None:
+        return os.environ.get("HATCHET_CLIENT_NAMESPACE", "")
+    configured = services.config.engine.hatchet.namespace or os.environ.get("HATCHET_CLIENT_NAMESPACE")
+    if configured:
+        return configured
+    try:
+        identity = services.workspace.root_commit()
+    except Exception:  # noqa: BLE001 - not a git repository (yet): this path is all it has
+        import hashlib
+
+        identity = hashlib.sha1(str(services.repo).encode()).hexdigest()
+    return f"br_{identity[:12]}"
+
+
+def make_client(services: Services | None = None):
     """A Hatchet client from the HATCHET_CLIENT_* environment; opens no connection yet.
 
     Every setting is read now (not at import), so a token exported after start-up counts."""
     from hatchet_sdk import ClientConfig, Hatchet
     from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
 
+    namespace = repo_namespace(services)
     try:
-        config = ClientConfig(tls_config=ClientTLSConfig(), tenacity=TenacityConfig())
+        config = ClientConfig(tls_config=ClientTLSConfig(), tenacity=TenacityConfig(),
+                              **({"namespace": namespace} if namespace else {}))
         return Hatchet(config=config)
     except Exception as exc:  # noqa: BLE001 - pydantic, base64 and JSON errors all mean a bad token
         text = str(exc)
@@ -99,8 +121,9 @@ def make_client():
                           + DOCKER_COMPOSE_ENV) from None
 
 
-def check_hatchet_config() -> str:
-    """For `doctor`: the token is there and parses, and says where the engine is."""
+def check_hatchet_config(contact: bool = False) -> str:
+    """For `doctor`: the token is there and parses, and says where the engine is; with `contact`,
+    the engine answers with that token."""
     from hatchet_sdk.token import extract_claims_from_jwt
 
     hatchet = make_client()
@@ -120,8 +143,12 @@ def check_hatchet_config() -> str:
     if tls != "none" and host.split(":")[0] in ("localhost", "127.0.0.1", "0.0.0.0"):
         raise RunnerError(f"TLS strategy {tls!r} for the local engine at {host}; hatchet-lite speaks plain gRPC",
                           fix="export HATCHET_CLIENT_TLS_STRATEGY=none")
-    return (f"hatchet: tenant {claims.sub}, gRPC {host} (TLS {tls}), API {cfg.server_url}"
-            f"{', namespace ' + cfg.namespace if cfg.namespace else ''} (token parsed; engine not contacted)")
+    where = (f"hatchet: tenant {claims.sub}, gRPC {host} (TLS {tls}), API {cfg.server_url}"
+             f"{', namespace ' + cfg.namespace if cfg.namespace else ''}")
+    if not contact:
+        return where + " (token parsed; engine not contacted)"
+    _wait_for_engine(hatchet, attempts=1)
+    return where + " (engine answered)"
 
 
 # --- failures across the engine boundary ------------------------------------------------------------
@@ -442,7 +469,7 @@ def _put_rate_limit(hatchet: Any, config: Config) -> None:
 
 def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
     """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
-    hatchet = hatchet or make_client()
+    hatchet = hatchet or make_client(services)
     wf = build_workflow(hatchet, services.config)
     worker = hatchet.worker(name or f"beads-runner-{socket.gethostname()}", slots=worker_slots(services.config),
                             workflows=[wf])
@@ -453,8 +480,13 @@ def run_worker(services: Services, name: str | None = None) -> None:
     """`beads-runner worker`: run this repository's steps for the Hatchet engine until stopped."""
     from beads_runner.services import register_services
 
+    import os
+
     register_services(services)
-    hatchet = make_client()
+    # Steps find their repository by the run's input, which names the path on the submitting
+    # machine; on this worker it is this clone.
+    os.environ.setdefault("BEADS_RUNNER_REPO", str(services.repo))
+    hatchet = make_client(services)
     _wait_for_engine(hatchet)
     _put_rate_limit(hatchet, services.config)
     worker, _ = build_worker(services, name, hatchet)
@@ -484,8 +516,8 @@ def _wait_for_engine(hatchet: Any, attempts: int = 10, delay: float = 1.0) -> No
                 time.sleep(min(10.0, delay * 2 ** n))
     raise RunnerError(
         f"cannot reach the Hatchet engine (API {hatchet.config.server_url}, gRPC {hatchet.config.host_port}): {last}",
-        fix="start it (`docker compose up -d` in the beads-runner checkout, see docs/hatchet.md) and check "
-            "HATCHET_CLIENT_HOST_PORT and HATCHET_CLIENT_TLS_STRATEGY")
+        fix="start it (`beads-runner hatchet up` on this machine, or `docker compose up -d`; see docs/hatchet.md) "
+            "and check HATCHET_CLIENT_HOST_PORT and HATCHET_CLIENT_TLS_STRATEGY")
 
 
 # --- `start` on Hatchet ------------------------------------------------------------------------------
@@ -503,9 +535,12 @@ class HatchetEngine:
         self.workflow = workflow
         self.flow = flow
         self.services = services
-        self.repo = str(services.repo)
+        self.repo = repo_namespace(services)  # the same on every machine working this repository
         self._listeners: list[Callable[[], None]] = []
         self.started = False
+        # Runs this process started and has not yet seen end: the runs list is read from the engine's
+        # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
+        self._pending: set[str] = set()
 
     # submitting
     def submit(self, inp: BaseModel) -> tuple[str, bool]:
@@ -519,6 +554,7 @@ class HatchetEngine:
         except Exception as exc:  # noqa: BLE001
             raise HatchetUnavailable(f"could not start a run for {key}: {exc}",
                                      fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        self._pending.add(ref.workflow_run_id)
         return ref.workflow_run_id, True
 
     def _meta(self, key: str | None = None) -> dict[str, str]:
@@ -529,16 +565,33 @@ class HatchetEngine:
 
     # reading
     def _list(self, statuses: tuple[str, ...] | None, limit: int, key: str | None) -> list[Any]:
+        """This repository's runs (of one issue, with `key`), newest first.
+
+        The SDK's `runs.list` sends no metadata operator, and the engine then ORs the pairs: every run
+        of the repository would match any issue. The REST API takes the operator: ask for AND, and
+        check the pairs here as well, so a server that ignores it cannot mislead us."""
         from hatchet_sdk import V1TaskStatus
 
         wanted = [V1TaskStatus(s) for s, ours in _STATUS.items() if statuses is None or ours in statuses]
+        meta = self._meta(key)
         try:
-            result = self.hatchet.runs.list(
-                since=datetime.now(tz=UTC) - timedelta(days=6), statuses=wanted, limit=limit,
-                additional_metadata=self._meta(key), include_payloads=True)
+            rows = self._list_rows(wanted, limit, meta)
         except Exception as exc:  # noqa: BLE001
             raise HatchetUnavailable(f"could not list Hatchet runs: {exc}",
                                      fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        return [r for r in rows if all(str((r.additional_metadata or {}).get(k)) == v for k, v in meta.items())]
+
+    def _list_rows(self, wanted: list[Any], limit: int, meta: dict[str, str]) -> list[Any]:
+        """One call to the engine's REST API: runs with all of `meta` (AND), of the statuses wanted."""
+        from hatchet_sdk.clients.rest.api.workflow_runs_api import WorkflowRunsApi
+        from hatchet_sdk.clients.rest.models.v1_additional_metadata_operator import V1AdditionalMetadataOperator
+
+        with self.hatchet.runs.client() as client:
+            result = WorkflowRunsApi(client).v1_workflow_run_list(
+                tenant=self.hatchet.config.tenant_id, since=datetime.now(tz=UTC) - timedelta(days=6),
+                only_tasks=False, statuses=wanted, limit=limit,
+                additional_metadata=[f"{k}:{v}" for k, v in meta.items()],
+                additional_metadata_operator=V1AdditionalMetadataOperator.AND, include_payloads=True)
         return list(result.rows or [])
 
     def _summary_view(self, row: Any) -> RunView:
@@ -639,7 +692,23 @@ class HatchetEngine:
         return self._summary_view(rows[0]).id if rows else None
 
     def has_active_runs(self) -> bool:
-        return bool(self._list(_ACTIVE, 1, None))
+        if self._list(_ACTIVE, 1, None):
+            return True
+        for run_id in list(self._pending):
+            view = self.get_run(run_id)
+            if view is not None and view.status not in _ACTIVE:
+                self._pending.discard(run_id)
+        return bool(self._pending)
+
+    def settled_run(self, run_id: str, tries: int = 5, delay: float = 1.0) -> RunView | None:
+        """The run once the engine can show it (a run just started may not be readable for a moment)."""
+        for n in range(tries):
+            view = self.get_run(run_id)
+            if view is not None:
+                return view
+            if n + 1 < tries:
+                time.sleep(delay)
+        return None
 
     # the loop
     def start(self) -> None:
@@ -658,7 +727,7 @@ class HatchetEngine:
 
 def hatchet_engine(services: Services) -> HatchetEngine:
     """The Hatchet engine of a repository's configuration, for `submit`, `status` and `logs`."""
-    client = make_client()
+    client = make_client(services)
     return HatchetEngine(client, build_workflow(client, services.config), services)
 
 
@@ -691,8 +760,16 @@ class HatchetRunner(Runner):
         return super().run(once=once, poll_interval=poll_interval, watch_interval=watch_interval)
 
     def exit_code(self) -> int:
+        """1 if any run failed, or if the engine cannot say how one ended: an unknown end is no success."""
         try:
-            return super().exit_code()
+            for run_id in dict.fromkeys(self.submitted):
+                view = self.engine.settled_run(run_id)
+                if view is None:
+                    log.error("cannot read how a run ended", run_id=run_id)
+                    return 1
+                if view.status == "failed":
+                    return 1
+            return 0
         except HatchetUnavailable:
             return 1
 
@@ -708,7 +785,7 @@ def start_with_hatchet(services: Services, once: bool = False, poll_interval: fl
     configure_logging(services.state_dir / "logs")
     services.workspace.check_target()
     services.tracker.version()
-    hatchet = make_client()
+    hatchet = make_client(services)
     _wait_for_engine(hatchet)
     _put_rate_limit(hatchet, services.config)
     engine = HatchetEngine(hatchet, build_workflow(hatchet, services.config), services)

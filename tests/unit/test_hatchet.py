@@ -388,8 +388,8 @@ def test_worker_has_the_workflow_and_enough_slots(repo):
             signal.signal(s, h)
     assert hb.worker_slots(svc.config) == 8
     assert worker.slot_config["default"] == 8
-    assert worker.name == "w1"
-    assert wf.name == "beads-task-execution"
+    assert worker.name.endswith("w1")  # Hatchet prefixes it with the namespace
+    assert wf.name.endswith("beads-task-execution")  # after the repository's namespace
     assert worker._workflows == [wf]
 
 
@@ -450,7 +450,9 @@ def test_submit_keys_runs_by_issue_and_reports_collisions(repo):
     engine = hb.HatchetEngine(hb.make_client(), wf, svc)
     run_id, created = engine.submit(TaskInput(issue_id="bd-8", repo=str(svc.repo)))
     assert (run_id, created) == ("wr-1", True)
-    assert wf.runs[0][1] == {hb.META_WORKFLOW: "beads-task-execution", hb.META_REPO: str(svc.repo),
+    # The repository is named by its namespace, the same from every clone, not by a local path.
+    assert wf.runs[0][1] == {hb.META_WORKFLOW: "beads-task-execution", hb.META_REPO: hb.repo_namespace(svc),
                              hb.META_ISSUE: "bd-8"}
+    assert hb.repo_namespace(svc).startswith("br_")
     engine.workflow = FakeWorkflow(collide_with="wr-existing")
     assert engine.submit(TaskInput(issue_id="bd-8", repo=str(svc.repo))) == ("wr-existing", False)
