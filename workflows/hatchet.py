@@ -326,6 +326,7 @@ def ancestors(flow: WorkflowSpec, name: str) -> list[str]:
 
 
 PROCEED_FIELD = "proceed"
+DEFINITION_PREFIX = "beads-runner definition "
 
 
 def definition_version(flow: WorkflowSpec, config: Config) -> str:
@@ -408,7 +409,8 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
         input_validator=flow.input,
         # The definition's policies, hashed: every process registering the same policies registers
         # the same version, and a worker whose policies differ can be told apart (and refused).
-        version=definition_version(flow, config),
+        # (Hatchet v0.104 does not store `version`; it keeps the description of each version.)
+        description=f"{DEFINITION_PREFIX}{definition_version(flow, config)}",
         # One run per issue while its first step is active (Hatchet holds the key only on the root
         # task); `root_step_guard` extends that to the whole DAG. Keys are tenant-wide: scope them
         # to this repository's namespace. The fallback only frees a key Hatchet never released.
@@ -447,6 +449,10 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
                         sctx.log("another run of this issue is active", other_run=other)
                         return spec.output(**{PROCEED_FIELD: False,
                                               "reason": f"run {other} of this issue is already active"})
+                if session:
+                    # A session another worker started in this worktree and then died with: kill it
+                    # before this attempt starts another there. One worktree, one agent.
+                    await asyncio.to_thread(procreg.reap_orphans)
                 return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel, watch=watch)
             finally:
                 sctx.close()
@@ -573,7 +579,9 @@ def registered_version(hatchet: Any, flow: WorkflowSpec = TASK_FLOW) -> str | No
     found = hatchet.workflows.list(workflow_name=flow.name, limit=50)
     for row in found.rows or []:
         if row.name == name:
-            return hatchet.workflows.get_version(row.metadata.id).version
+            config = hatchet.workflows.get_version(row.metadata.id).workflow_config or {}
+            description = str(config.get("description") or "")
+            return description.removeprefix(DEFINITION_PREFIX) if description.startswith(DEFINITION_PREFIX) else ""
     return None
 
 
@@ -616,7 +624,10 @@ def run_worker(services: Services, name: str | None = None) -> None:
     hatchet = make_client(services)
     _wait_for_engine(hatchet)
     check_same_definition(hatchet, services)
-    procreg.reap_orphans()  # agents and gates a killed worker left behind go before anything resumes
+    # Agents and gates are recorded, so that those a killed worker left behind can be found: this
+    # worker reaps them now, and before each step it runs (its owner may have died meanwhile).
+    procreg.configure(services.state_dir / "procs")
+    procreg.reap_orphans()
     _put_rate_limit(hatchet, services.config)
     worker, _ = build_worker(services, name, hatchet)
     cfg = hatchet.config
@@ -912,6 +923,16 @@ class HatchetRunner(Runner):
         self._swept_file.write_text(json.dumps(sorted(swept)))
         return handed
 
+    def _idle(self) -> bool:
+        if not super()._idle():
+            return False
+        # Before `--once` ends: the issues of runs cancelled meanwhile must not stay claimed.
+        try:
+            self.sweep_cancelled(force=True)
+        except HatchetUnavailable as exc:
+            log.warning("could not sweep cancelled runs", error=exc.message)
+        return True
+
     def reconcile(self) -> list[str]:
         """After a restart: the runs Hatchet still has in flight for this repository are ours again."""
         try:
@@ -935,7 +956,7 @@ class HatchetRunner(Runner):
                 if view is None:
                     log.error("cannot read how a run ended", run_id=run_id)
                     return 1
-                if view.status == "failed":
+                if view.status in ("failed", "cancelled"):
                     return 1
             return 0
         except HatchetUnavailable:

@@ -117,7 +117,8 @@ def test_registration_follows_the_spec_and_the_config():
         assert (cond.parent_readable_id, cond.base.expression) == ("check-deps", "output.proceed == false")
     assert not tasks["check-deps"].conditions.parent_override_conditions
     # Equal policies give an equal definition (its version), so workers never register a second one.
-    assert proto.version == hb.definition_version(TASK_FLOW, cfg) != hb.definition_version(TASK_FLOW, Config())
+    assert proto.description == hb.DEFINITION_PREFIX + hb.definition_version(TASK_FLOW, cfg)
+    assert hb.definition_version(TASK_FLOW, cfg) != hb.definition_version(TASK_FLOW, Config())
     again = build(cfg).to_proto()
     assert again.SerializeToString(deterministic=True) == proto.SerializeToString(deterministic=True)
     assert proto.idempotency.method == IdempotencyMethod.Value("STATUS")
