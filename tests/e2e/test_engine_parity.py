@@ -46,7 +46,10 @@ AGENT = textwrap.dedent("""\
 
 def make_repo(path: Path, agent: Path) -> Path:
     new_repo(path)
-    for rel, text in {"pkg/__init__.py": "", "tests/__init__.py": "", ".gitignore": ".beads-runner/\n"}.items():
+    # A test on the target: a test gate that runs no test fails.
+    base_test = "import unittest\n\n\nclass T(unittest.TestCase):\n    def test_ok(self):\n        self.assertTrue(1)\n"
+    for rel, text in {"pkg/__init__.py": "", "tests/__init__.py": "", ".gitignore": ".beads-runner/\n",
+                      "tests/test_base.py": base_test}.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         (path / rel).write_text(text)
     (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
