@@ -228,3 +228,49 @@ def test_a_person_who_closes_or_takes_the_issue_mid_session_wins(tmp_path, perso
     assert git(repo.path, "branch", "--list", f"beads-runner/{taken}").strip()  # the branch is kept
     status, outcome = repo.outcome(taken)
     assert status == "succeeded" and outcome["skipped"] and outcome["superseded"], outcome
+
+
+def _cli(repo: Repo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BEADS_RUNNER), "--repo", str(repo.path), *args], env=repo.env(), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_verify_reproves_landed_issues_and_reopens_what_no_longer_holds(tmp_path):
+    repo = Repo(tmp_path)
+    first = repo.issue("Add a", {"write": {"pkg/a.py": "A = 1\n"}})
+    second = repo.issue("Add b", {"write": {"pkg/b.py": "B = 1\n"}})
+    assert repo.run().returncode == 0
+
+    ok = _cli(repo, "verify", "--gates", "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    verdicts = {v["issue_id"]: v for v in json.loads(ok.stdout)}
+    assert set(verdicts) == {first, second}
+    assert all(v["ok"] and v["gates"] == "tests=pass" for v in verdicts.values())
+    table = _cli(repo, "verify", first)
+    assert table.returncode == 0 and first in table.stdout and "names it" in table.stdout
+
+    # The target loses its newest landed commit (a force-push, say): that landing no longer holds.
+    # (Only the ref moves: the bd database in the checkout is left alone.)
+    lost = git(repo.path, "log", "-1", "--format=%(trailers:key=Beads-Issue,valueonly)", "main").strip()
+    kept = first if lost == second else second
+    git(repo.path, "update-ref", "refs/heads/main", "main~1")
+    bad = _cli(repo, "verify", "--reopen")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "MISMATCH" in bad.stdout and "no commit with the trailer" in bad.stdout, bad.stdout
+    assert issue(repo.path, lost)["status"] == "open"  # back in the queue ...
+    assert any("cannot be proven" in c for c in repo.comments(lost))  # ... saying why
+    assert issue(repo.path, kept)["status"] == "closed"  # what still holds is left alone
+    assert repo.comments(kept) == []
+
+
+def test_verify_gates_fail_at_a_commit_the_gates_no_longer_pass(tmp_path):
+    repo = Repo(tmp_path)
+    landed = repo.issue("Add a", {"write": {"pkg/a.py": "A = 1\n"}})
+    assert repo.run().returncode == 0
+    config = repo.path / ".beads-runner.toml"
+    config.write_text(config.read_text().replace("-t . -q", "-t . -q -k no_such_test"))  # now it runs no test
+    result = _cli(repo, "verify", landed, "--gates", "--json")
+    assert result.returncode == 1
+    (verdict,) = json.loads(result.stdout)
+    assert verdict["gates"] == "tests=fail" and "the gates fail" in verdict["problems"][0]
+    assert issue(repo.path, landed)["status"] == "closed"  # without --reopen nothing changes
