@@ -12,11 +12,11 @@ import ast
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from quality_gates.change import Change
 from quality_gates.diff import DiffGate
-from quality_gates.yardstick import TESTS_GATE, Finding, base_text, new_text
+from quality_gates.yardstick import COLLECTED_GATE, TESTS_GATE, Finding, base_text, new_text
 
 JS_SUFFIXES = (".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs")
 
@@ -203,3 +203,76 @@ def tests_gate(*, label: str = "tests-change", target: str | None = None) -> Dif
 
 __all__: Sequence[str] = ("TESTS_GATE", "is_js_test_file", "is_python_test_file", "python_tests", "test_findings",
                           "tests_gate")
+
+
+# --- fewer tests collected than on the target ---------------------------------------------------------
+
+def _touches_tests(change: Change) -> bool:
+    return any(f.status != "A" and (is_python_test_file(f.path) or is_js_test_file(f.path)) for f in change.files)
+
+
+def _counts_at_base(gate, inp, change: Change, cache: Path | None, cancel, log_dir):
+    """The gate's test counts on the target (the change's merge-base), cached per commit and command."""
+    import hashlib
+    import json as _json
+
+    from quality_gates.change import repo_toplevel, temporary_worktree
+    from quality_gates.gates import run_command
+    from quality_gates.testcounts import TestCounts, from_junit, parse_counts
+
+    key = hashlib.sha256(_json.dumps([change.base, gate.name, gate.argv, gate.junit]).encode()).hexdigest()[:24]
+    path = cache / f"{key}.json" if cache is not None else None
+    if path is not None and path.exists():
+        try:
+            return TestCounts.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    rel = inp.workdir.resolve().relative_to(repo_toplevel(inp.workdir).resolve())
+    with temporary_worktree(inp.repo_root, change.base) as tree:
+        log_path = (log_dir / f"gate-{gate.name}.target-count.log") if log_dir else None
+        out = run_command(gate.argv, tree / rel, timeout=gate.timeout, env=gate.env, cancel=cancel, log_path=log_path)
+        counts = from_junit(tree / rel / gate.junit) if gate.junit else parse_counts(out.output)
+    if counts is not None and path is not None and not out.cancelled and not out.timed_out:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(counts.model_dump_json(), encoding="utf-8")
+    return counts
+
+
+def collected_check(report, gates, inp, *, label: str = "tests-change", cache: Path | None = None,
+                    cancel=None, log_dir: Path | None = None):
+    """`diff.tests-collected`: fewer tests collected than the same gate collects on the target.
+
+    Asked only when the change modifies or deletes an existing test file (otherwise a shrinking
+    suite shows up as errors, or in the yardstick's config files); the target's count is taken
+    once per target commit and cached. None when there is nothing to compare."""
+    import time
+
+    from quality_gates.change import ChangeError
+    from quality_gates.report import GateReport
+
+    counted = {r.name: r for r in report.reports if r.tests is not None}
+    by_name = {g.name: g for g in gates if getattr(g, "argv", None) and g.name in counted}
+    if not by_name:
+        return None
+    try:
+        change = inp.change()
+    except ChangeError:
+        return None
+    if not _touches_tests(change):
+        return None
+    started = time.monotonic()
+    findings = []
+    for name, gate in by_name.items():
+        try:
+            base = _counts_at_base(gate, inp, change, cache, cancel, log_dir)
+        except (ChangeError, ValueError, OSError):
+            continue
+        now = counted[name].tests
+        if base is not None and now.collected < base.collected:
+            findings.append(f"{name}: {now.collected} test(s) collected, {base.collected} on {change.target} "
+                            f"at {change.base[:10]}")
+    status = "fail" if findings else "pass"
+    reason = (f"fewer tests collected than on the target; a person must review it (the issue label {label!r} "
+              "allows it)") if findings else ""
+    return GateReport(name=COLLECTED_GATE, status=status, reason=reason, findings=findings,
+                      duration_s=time.monotonic() - started, output_tail="\n".join(findings))

@@ -26,6 +26,7 @@ from quality_gates.report import GateReport, SuiteReport
 RUNNER_CONFIG = ".beads-runner.toml"
 YARDSTICK_GATE = "diff.yardstick"
 TESTS_GATE = "diff.tests"  # quality_gates.test_integrity
+COLLECTED_GATE = "diff.tests-collected"  # quality_gates.test_integrity.collected_check
 
 # Whole files that configure a test runner, a linter, a type checker or CI: any change counts.
 WHOLE_FILES = (
@@ -355,7 +356,7 @@ def yardstick_gate(argvs: Sequence[Sequence[str]], protected: Sequence[str] = ()
 def allow_by_labels(report: SuiteReport, labels: Sequence[str], *, gates_label: str = "gates-change",
                     tests_label: str = "tests-change") -> SuiteReport:
     """The report with the protection gates the issue's labels allow turned into passes (saying why)."""
-    allowed = {YARDSTICK_GATE: gates_label, TESTS_GATE: tests_label}
+    allowed = {YARDSTICK_GATE: gates_label, TESTS_GATE: tests_label, COLLECTED_GATE: tests_label}
     reports = []
     for r in report.reports:
         label = allowed.get(r.name)
@@ -367,7 +368,7 @@ def allow_by_labels(report: SuiteReport, labels: Sequence[str], *, gates_label: 
 
 def moved_yardstick(report: SuiteReport) -> list[GateReport]:
     """The failing protection gates: a change that must go to a person, not back to the agent."""
-    return [r for r in report.reports if r.name in (YARDSTICK_GATE, TESTS_GATE) and not r.ok]
+    return [r for r in report.reports if r.name in (YARDSTICK_GATE, TESTS_GATE, COLLECTED_GATE) and not r.ok]
 
 
 def handover_reason(report: SuiteReport) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -26,7 +27,8 @@ from beads_runner.reconcile import IssueWatch, check_issue
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
 from beads_runner.workspace import LandingRefused, trailer_message
-from quality_gates import SuiteReport, run_suite
+from quality_gates import GateInput, SuiteReport, run_suite
+from quality_gates.test_integrity import collected_check
 from quality_gates.yardstick import allow_by_labels, handover_reason, moved_yardstick
 from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
 
@@ -85,8 +87,15 @@ def _services(inp: TaskInput) -> Services:
 
 def gate_suite(svc: Services, issue: Issue | None, path, *, cancel, run_id: str) -> SuiteReport:
     """The target's gates on `path`, with the protection gates the issue's labels allow passed."""
-    report = run_suite(svc.gates, path, cancel=cancel, log_dir=svc.run_dir(run_id))
+    inp = GateInput(Path(path), target=svc.config.land.target)
+    log_dir = svc.run_dir(run_id)
+    report = run_suite(svc.gates, inp, cancel=cancel, log_dir=log_dir)
     y = svc.config.yardstick
+    if y.enabled:
+        extra = collected_check(report, svc.gates, inp, label=y.tests_label, cache=svc.state_dir / "test-counts",
+                                cancel=cancel, log_dir=log_dir)
+        if extra is not None:
+            report = SuiteReport(reports=[*report.reports, extra])
     return allow_by_labels(report, issue.labels if issue else [], gates_label=y.gates_label,
                            tests_label=y.tests_label)
 

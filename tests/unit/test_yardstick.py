@@ -223,3 +223,39 @@ def test_a_test_gate_that_ran_no_test_fails_and_counts_reach_the_trailer(tmp_pat
     assert r.status == "pass" and r.tests is not None and r.tests.collected == 2 and r.tests.passed == 2
     suite = SuiteReport(reports=[r, GateReport(name="lint", status="pass")])
     assert suite.tests_trailer().startswith("tests collected=2 passed=2 failed=0 skipped=0 duration=")
+
+
+def test_fewer_tests_collected_than_on_the_target_fails_and_the_target_count_is_cached(tmp_path):
+    import sys
+
+    from quality_gates import CommandGate
+    from quality_gates.test_integrity import collected_check
+
+    wt = worktree(tmp_path, {"tests/__init__.py": "", "tests/test_a.py": TEST_FILE,
+                             "tests/test_b.py": TEST_FILE.replace("class T", "class U")})
+    gate = CommandGate("tests", [sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", "."])
+    # Not a TestCase any more: the same functions, the same assertions, but unittest no longer runs them.
+    write(wt, {"tests/test_b.py": TEST_FILE.replace("class T(unittest.TestCase)", "class U")})
+    inp = GateInput(wt, target="main")
+    report = run_suite([gate], inp)
+    assert report.passed and report.reports[0].tests.collected == 2
+    cache = tmp_path / "counts"
+    extra = collected_check(report, [gate], inp, cache=cache)
+    assert extra.status == "fail" and extra.findings == [
+        f"tests: 2 test(s) collected, 4 on main at {read_change(wt, 'main').base[:10]}"]
+    assert len(list(cache.iterdir())) == 1  # the target's count, kept for the next run on this commit
+    assert collected_check(report, [gate], inp, cache=cache).status == "fail"
+    assert allow_by_labels(SuiteReport(reports=[extra]), ["tests-change"]).passed
+
+
+def test_fewer_tests_is_not_asked_when_no_existing_test_file_changed(tmp_path):
+    import sys
+
+    from quality_gates import CommandGate
+    from quality_gates.test_integrity import collected_check
+
+    wt = worktree(tmp_path, {"tests/__init__.py": "", "tests/test_a.py": TEST_FILE})
+    write(wt, {"src.py": "X = 1\n"})
+    gate = CommandGate("tests", [sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", "."])
+    inp = GateInput(wt, target="main")
+    assert collected_check(run_suite([gate], inp), [gate], inp) is None
