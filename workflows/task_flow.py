@@ -424,6 +424,13 @@ def on_failure(inp: TaskInput, run_id: str, step: str, error: StepFailed, attemp
         where = svc.workspace.worktree_path(inp.issue_id)
     except UnsafeIdError:
         return  # never touch an issue whose id cannot be used safely
+    if why := check_issue(svc.tracker, inp.issue_id):
+        # A person took the issue meanwhile: their word stands; no comment, no needs-human.
+        from beads_runner.reconcile import log as reconcile_log
+
+        reconcile_log.info("failed run superseded: the issue is left as the person set it", run_id=run_id,
+                           issue_id=inp.issue_id, step=step, reason=why)
+        return
     detail = error.detail.strip()
     if len(detail) > 3000:
         detail = "…" + detail[-3000:]
