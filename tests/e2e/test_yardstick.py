@@ -274,3 +274,31 @@ def test_verify_gates_fail_at_a_commit_the_gates_no_longer_pass(tmp_path):
     (verdict,) = json.loads(result.stdout)
     assert verdict["gates"] == "tests=fail" and "the gates fail" in verdict["problems"][0]
     assert issue(repo.path, landed)["status"] == "closed"  # without --reopen nothing changes
+
+
+CLOSE_THEN_TEST = textwrap.dedent(f"""\
+    import subprocess, sys
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True).stdout
+    issue = branch.strip().split("/", 1)[1]
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], capture_output=True,
+                            text=True).stdout.strip()
+    # A person closes the issue (in the repository, not this worktree) while the gates run.
+    subprocess.run(["bd", "close", issue, "--reason", "fixed by hand", "--actor", "alice"], check=True,
+                   capture_output=True, cwd=common.rsplit("/.git", 1)[0])
+    sys.exit(subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", ".", "-q"]).returncode)
+    """)
+
+
+def test_a_person_who_closes_the_issue_after_the_session_before_landing_wins(tmp_path):
+    repo = Repo(tmp_path, gate=f"{sys.executable} {tmp_path / 'close_then_test.py'}")
+    (tmp_path / "close_then_test.py").write_text(CLOSE_THEN_TEST)
+    taken = repo.issue("Quick work", {"write": {"pkg/quick.py": "X = 1\n"}})
+
+    result = repo.run()
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    shown = issue(repo.path, taken)
+    assert shown["status"] == "closed" and shown["close_reason"] == "fixed by hand"
+    assert repo.comments(taken) == [] and not repo.landed()
+    status, outcome = repo.outcome(taken)
+    assert status == "succeeded" and outcome["superseded"] and "closed" in outcome["superseded"], outcome
