@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from quality_gates.change import Change, ChangeError, git
+from quality_gates.change import Change, ChangeError, FileChange, git
 from quality_gates.diff import DiffGate
 from quality_gates.globs import matches, validate_globs
 from quality_gates.report import GateReport, SuiteReport
@@ -150,7 +150,8 @@ def package_json_changes(before: str | None, after: str | None) -> list[str]:
 # --- Makefiles ---------------------------------------------------------------------------------------
 
 _RULE = re.compile(r"^(?P<targets>[^\s:=#][^:=#]*?)\s*::?(?!=)\s*(?P<prereqs>[^=;#]*?)\s*(?:;\s*(?P<inline>.*))?$")
-_ASSIGN = re.compile(r"^(?:export\s+|override\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)\s*(?:[:+?!]?=|::=)\s*(?P<value>.*)$")
+_ASSIGN = re.compile(
+    r"^(?:export\s+|override\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)\s*(?:[:+?!]?=|::=)\s*(?P<value>.*)$")
 
 
 @dataclass
@@ -301,39 +302,38 @@ def gate_files(argvs: Sequence[Sequence[str]], workdir: Path | None = None) -> t
     return makefiles, scripts
 
 
+def _file_findings(change: Change, f: FileChange, makefiles: dict[str, list[str]], scripts: set[str],
+                   protected: Sequence[str]) -> list[str]:
+    """What one changed file does to the yardstick (nothing: [])."""
+    path, name = f.path, PurePosixPath(f.path).name
+    what = {"A": "added", "D": "deleted"}.get(f.status, "changed")
+
+    def both() -> tuple[str | None, str | None]:
+        return base_text(change, path), (None if f.status == "D" else new_text(change, path))
+
+    if path in makefiles:
+        return makefile_changes(*both(), makefiles[path])
+    if path in scripts:
+        return [f"{what} (a gate runs it)"]
+    if name == "pyproject.toml":
+        return pyproject_changes(*both())
+    if name == "setup.cfg":
+        return setup_cfg_changes(*both())
+    if name == "package.json":
+        return package_json_changes(*both())
+    if matches(path, WHOLE_FILES):
+        return [f"{what} (it configures the runner, a test runner, a linter or CI)"]
+    if protected and matches(path, protected):
+        return [f"{what} (protected by [yardstick] protected)"]
+    return []
+
+
 def yardstick_findings(change: Change, argvs: Sequence[Sequence[str]], protected: Sequence[str] = ()) -> list[Finding]:
     """Every change to what defines or feeds the gates, with what changed."""
     protected = validate_globs(protected)
     makefiles, scripts = gate_files(argvs)
-    findings: list[Finding] = []
-    for f in change.files:
-        path = f.path
-        name = PurePosixPath(path).name
-
-        def both() -> tuple[str | None, str | None]:
-            return base_text(change, path), (None if f.status == "D" else new_text(change, path))
-
-        def add(whats: list[str]) -> None:
-            findings.extend(Finding(path, w) for w in whats)
-
-        if path in makefiles:
-            before, after = both()
-            add(makefile_changes(before, after, makefiles[path]))
-        elif path in scripts or any(path.startswith(s.rstrip("/") + "/") for s in scripts if s.endswith("/")):
-            add([f"{ {'A': 'added', 'D': 'deleted'}.get(f.status, 'changed')} (a gate runs it)"])
-        elif name == "pyproject.toml":
-            add(pyproject_changes(*both()))
-        elif name == "setup.cfg":
-            add(setup_cfg_changes(*both()))
-        elif name == "package.json":
-            add(package_json_changes(*both()))
-        elif matches(path, WHOLE_FILES):
-            what = {"A": "added", "D": "deleted"}.get(f.status, "changed")
-            add([f"{what} (it configures the runner, a test runner, a linter or CI)"])
-        elif protected and matches(path, protected):
-            what = {"A": "added", "D": "deleted"}.get(f.status, "changed")
-            add([f"{what} (protected by [yardstick] protected)"])
-    return findings
+    return [Finding(f.path, what) for f in change.files
+            for what in _file_findings(change, f, makefiles, scripts, protected)]
 
 
 def yardstick_gate(argvs: Sequence[Sequence[str]], protected: Sequence[str] = (), *, label: str = "gates-change",

@@ -209,7 +209,6 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     if not deps.proceed or deps.issue is None:
         return ProcessOutput(skipped=True)
     svc = _services(inp)
-    ws = svc.workspace
     issue = deps.issue
     watch = IssueWatch(svc.tracker, issue.id, interval=svc.config.tracker.poll_interval, cancel=ctx.cancel)
     if watch.check_now():  # a person took it while the run waited for a session

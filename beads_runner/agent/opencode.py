@@ -15,7 +15,6 @@ that is reported as retryable. A data directory that has run one session is safe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -276,7 +276,7 @@ def test_verify_gates_fail_at_a_commit_the_gates_no_longer_pass(tmp_path):
     assert issue(repo.path, landed)["status"] == "closed"  # without --reopen nothing changes
 
 
-CLOSE_THEN_TEST = textwrap.dedent(f"""\
+CLOSE_THEN_TEST = textwrap.dedent("""\
     import subprocess, sys
     branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True).stdout
     issue = branch.strip().split("/", 1)[1]

@@ -20,7 +20,8 @@ from quality_gates.yardstick import (
 )
 from tests.unit.test_gates_helpers import branch_worktree, make_repo, write
 
-MAKEFILE = "build:\n\tpython -m build\n\ncheck: lint\n\tpython -m unittest -q\n\nlint:\n\t$(RUFF) check .\n\nRUFF = ruff\n"
+MAKEFILE = ("build:\n\tpython -m build\n\ncheck: lint\n\tpython -m unittest -q\n\n"
+            "lint:\n\t$(RUFF) check .\n\nRUFF = ruff\n")
 PYPROJECT = textwrap.dedent("""\
     [project]
     name = "x"
@@ -143,15 +144,15 @@ def _py(before: str, after: str | None) -> list[str]:
 def test_unittest_and_pytest_skips_and_xfails_on_existing_tests_are_found():
     assert _py(TEST_FILE, TEST_FILE.replace("    def test_add", "    @unittest.skip('later')\n    def test_add")) == \
         ["test T.test_add skipped or marked expected-to-fail"]
-    assert _py(TEST_FILE, TEST_FILE.replace("    def test_other", "    @unittest.expectedFailure\n    def test_other")) \
-        == ["test T.test_other skipped or marked expected-to-fail"]
+    xfail = TEST_FILE.replace("    def test_other", "    @unittest.expectedFailure\n    def test_other")
+    assert _py(TEST_FILE, xfail) == ["test T.test_other skipped or marked expected-to-fail"]
     assert _py(TEST_FILE, TEST_FILE.replace("        assert 1", "        self.skipTest('no')\n        assert 1")) == \
         ["test T.test_other skipped or marked expected-to-fail"]
     pytest_style = "import pytest\n\ndef test_a():\n    assert f() == 1\n"
     assert _py(pytest_style, pytest_style.replace("def test_a", "@pytest.mark.xfail\ndef test_a")) == \
         ["test test_a skipped or marked expected-to-fail"]
-    assert _py(pytest_style, pytest_style.replace("import pytest\n", "import pytest\npytestmark = pytest.mark.skip\n")) \
-        == ["test test_a skipped or marked expected-to-fail"]
+    module_skip = pytest_style.replace("import pytest\n", "import pytest\npytestmark = pytest.mark.skip\n")
+    assert _py(pytest_style, module_skip) == ["test test_a skipped or marked expected-to-fail"]
     assert _py(TEST_FILE, TEST_FILE.replace("class T", "@unittest.skip('x')\nclass T")) == [
         "test T.test_add skipped or marked expected-to-fail", "test T.test_other skipped or marked expected-to-fail"]
 
@@ -162,8 +163,8 @@ def test_removed_assertions_and_deleted_tests_are_found_and_new_tests_are_free()
     without = TEST_FILE.replace("    def test_other(self):\n        assert 1\n", "")
     assert _py(TEST_FILE, without) == ["test T.test_other deleted"]
     assert _py(TEST_FILE, None) == ["test file deleted (2 test(s))"]
-    more = TEST_FILE + "\n    @unittest.skip('new and skipped is the change's own business')\n    def test_new(self):\n" \
-                       "        pass\n"
+    more = TEST_FILE + ("\n    @unittest.skip('a new test skipped is the change's own business')\n"
+                        "    def test_new(self):\n        pass\n")
     assert _py(TEST_FILE, more) == []
 
 
