@@ -345,9 +345,7 @@ def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     if proc.skipped:
         return VerifyOutput(skipped=True, superseded=proc.superseded)
     svc = _services(inp)
-    if why := check_issue(svc.tracker, inp.issue_id):
-        ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=why)
-        return VerifyOutput(skipped=True, superseded=why)
+    # (No tracker read here: commit reads the issue right before landing, one call per run less.)
     deps: CheckDepsOutput = ctx.parent("check-deps")
     worktree = svc.workspace.ensure_worktree(inp.issue_id)
     if proc.gate_report is not None and proc.gated_tree == svc.workspace.tree_id(inp.issue_id):
