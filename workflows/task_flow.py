@@ -259,13 +259,24 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
             seen["edited"] = True
             failpoint("session-edited")
 
-    totals = {"sessions": 0, "tokens": 0, "cost": 0.0}
+    # Sessions are counted per run, across the step's retries (kept beside the session id), so a
+    # run never has more than agent.max_attempts sessions; one cancelled by a shutdown does not count.
+    limit = svc.config.agent.max_attempts
+    used = int(earlier.get("sessions") or 0) if earlier.get("run_id") == ctx.run_id else 0
+    if earlier.get("run_id") != ctx.run_id:  # an earlier run's session and count are not this run's
+        memory.save(run_id=ctx.run_id, session_id=None, sessions=0, last_reason=None)
+    totals = {"sessions": used, "tokens": 0, "cost": 0.0}
     usage = {"tokens": TokenUsage()}  # summed over the run's sessions, as cost is
 
     def session(req: SessionRequest):
+        if totals["sessions"] >= limit:
+            raise StepFailed(f"this run has used its agent.max_attempts ({limit}) sessions",
+                             retryable=False, detail=earlier.get("last_reason") or "")
         ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=req.session_id)
         result = svc.agent.run(req, cancel=watch.stop, on_event=on_event)
-        totals["sessions"] += 1
+        if not result.cancelled:
+            totals["sessions"] += 1
+            memory.save(run_id=ctx.run_id, sessions=totals["sessions"])
         totals["tokens"] += result.tokens.total
         usage["tokens"] = usage["tokens"] + result.tokens
         totals["cost"] += result.cost
@@ -276,7 +287,8 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
                 tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
         if not result.ok:
             if req.session_id and result.events == 0:
-                memory.forget()  # the session could not be continued at all: the next attempt starts afresh
+                # the session could not be continued at all: the next attempt starts afresh
+                memory.save(session_id=None, run_id=ctx.run_id, last_reason=None)
             elif result.session_id:
                 memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason=result.reason)
             # A cancelled session (shutdown, step timeout) is always worth another attempt later.
@@ -306,7 +318,7 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
     # The fix loop: the runner runs the gates; while they fail and sessions remain, the same session
     # gets the report and fixes its change. verify re-checks whatever tree comes out of this.
     report = run_gates()
-    while not report.passed and totals["sessions"] < svc.config.agent.max_attempts:
+    while not report.passed and totals["sessions"] < limit:
         ctx.log("gates failed, the session gets the report", gates=report.trailer(), sessions=totals["sessions"])
         result = session(request.model_copy(update={
             "session_id": result.session_id, "prompt": fix_message(report)}))

@@ -38,6 +38,9 @@ AGENT = textwrap.dedent("""\
     while time.time() < end:
         print("working", flush=True)
         time.sleep(0.2)
+    if plan.get("exit"):
+        print("agent crashed", file=sys.stderr)
+        sys.exit(plan["exit"])
     mark("end")
     print("Done: " + ", ".join(plan.get("write", {})))
 """)
@@ -57,7 +60,7 @@ UNITTEST = f"{sys.executable} -m unittest discover -s tests -t . -q"
 
 
 class Repo:
-    def __init__(self, tmp: Path, *, gate: str = UNITTEST, files: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, *, gate: str = UNITTEST, files: dict[str, str] | None = None, agent: str = ""):
         self.tmp = tmp
         self.path = tmp / "repo"
         self.plan: dict[str, dict] = {}
@@ -78,6 +81,7 @@ class Repo:
             kind = "command"
             command = "{sys.executable} {tmp / 'agent.py'}"
             timeout = "2m"
+            {agent}
             [engine.retry]
             backoff = "0.2s"
             [[gates]]
@@ -302,3 +306,14 @@ def test_a_person_who_closes_the_issue_after_the_session_before_landing_wins(tmp
     assert repo.comments(taken) == [] and not repo.landed()
     status, outcome = repo.outcome(taken)
     assert status == "succeeded" and outcome["superseded"] and "closed" in outcome["superseded"], outcome
+
+
+def test_a_run_has_at_most_agent_max_attempts_sessions_across_step_retries(tmp_path):
+    repo = Repo(tmp_path, agent="max_attempts = 2")  # the engine would retry the step 3 times
+    crashing = repo.issue("Crashes every time", {"exit": 3, "write": {"pkg/c.py": "C = 1\n"}})
+
+    result = repo.run()
+
+    assert result.returncode == 1
+    assert [s["event"] for s in repo.sessions() if s["issue"] == crashing] == ["start", "start"]
+    assert any("used its agent.max_attempts (2) sessions" in c for c in repo.comments(crashing))
