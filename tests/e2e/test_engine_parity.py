@@ -99,7 +99,8 @@ VOLATILE = re.compile(
     r"(run-[0-9a-z-]+"  # embedded run ids
     r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # Hatchet run ids
     r"|[0-9a-f]{40}|[0-9a-f]{8}(?= on main)"  # commit shas (the trees are compared instead)
-    r"|/tmp/\S+?/(local|hatchet)/)"  # the two repositories' paths
+    r"|/tmp/\S+?/(local|hatchet)/"  # the two repositories' paths
+    r"|\b\d+\.\d+s\b)"  # durations in gate output ("Ran 2 tests in 0.001s")
 )
 
 
