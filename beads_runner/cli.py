@@ -330,6 +330,37 @@ def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json:
         click.echo(render_review(data))
 
 
+@main.command()
+@click.argument("issue_ids", nargs=-1)
+@click.option("--since", default=None, help="Issues landed after this date (git's date formats).")
+@click.option("--gates", "with_gates", is_flag=True, help="Also run the gates at each landed commit.")
+@click.option("--reopen", "reopen_mismatches", is_flag=True, help="Reopen each mismatch, with a comment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def verify(ctx: click.Context, issue_ids: tuple[str, ...], since: str | None, with_gates: bool,
+           reopen_mismatches: bool, as_json: bool) -> None:
+    """Re-prove closed issues: the trailer commit is on the target, the close reason names it, and
+    (--gates) the gates pass at it. Without ISSUE_IDS: every issue landed on the target. Exit 1 on
+    any mismatch.
+
+    \b
+    --json: [{issue_id, ok, status, commit, close_reason, gates, problems, reopened}]
+    """
+    from beads_runner.verify import render_verdicts, run_verify
+
+    svc = _services(ctx)
+    verdicts = run_verify(svc, list(issue_ids), since=since, gates=with_gates, reopen_mismatches=reopen_mismatches)
+    if as_json:
+        click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 160).print(render_verdicts(verdicts, with_gates))
+        bad = sum(1 for v in verdicts if not v.ok)
+        click.echo(f"{len(verdicts)} issue(s) checked, {bad} mismatch(es)" if verdicts else "no landed issue to verify")
+    sys.exit(1 if any(not v.ok for v in verdicts) else 0)
+
+
 # --- hatchet ------------------------------------------------------------------------------------
 @main.command()
 @click.option("--name", default=None, help="Worker name (default: beads-runner-<host>).")

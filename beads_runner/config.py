@@ -183,6 +183,7 @@ class GateConfig(_Section):
     baseline: StrictBool = False  # fail only for failures the target does not already have
     baseline_match: Annotated[str | None, BeforeValidator(_regex)] = None  # failure lines (default: all)
     baseline_ignore_numbers: StrictBool = True  # line/column numbers do not tell failures apart
+    junit: str | None = Field(None, min_length=1)  # a JUnit XML file the command writes (test counts)
 
     @field_validator("name")
     @classmethod
@@ -214,6 +215,22 @@ class DiffConfig(_Section):
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
 
 
+LABEL = r"^[A-Za-z0-9_.:/-]+$"
+
+
+class YardstickConfig(_Section):
+    """`[yardstick]`: the target's gates are the measure; a change that moves them never lands on its own.
+
+    A change to what defines or feeds the gates (this config, a script or Makefile target a gate runs,
+    test/lint config, CI config, `protected` globs), or one that deletes, skips or weakens existing
+    tests, goes to a person, unless the issue carries the label that allows it."""
+
+    enabled: StrictBool = True
+    protected: Globs = Field(default_factory=list)  # more files that define or feed the gates
+    gates_label: str = Field("gates-change", min_length=1, pattern=LABEL)  # allows a change to the gates
+    tests_label: str = Field("tests-change", min_length=1, pattern=LABEL)  # allows fewer/weaker tests
+
+
 class Config(_Section):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -221,6 +238,7 @@ class Config(_Section):
     land: LandConfig = Field(default_factory=LandConfig)
     gates: list[GateConfig] = Field(default_factory=list)
     diff: DiffConfig = Field(default_factory=DiffConfig)
+    yardstick: YardstickConfig = Field(default_factory=YardstickConfig)
 
     @field_validator("gates")
     @classmethod

@@ -52,9 +52,18 @@ target = "main"           # the branch that receives the work
 # secrets = true          # no private key, .env file or token may be added
 # secrets_allow = ["tests/fixtures/**"]
 
+# The yardstick is the target's: a change to what feeds the gates (this file, a script or make target
+# a gate runs, test/lint/CI config) or one that deletes, skips or weakens existing tests goes to a
+# person, unless the issue carries the label below.
+[yardstick]
+# protected = ["tools/check/**"]   # more files that define or feed the gates
+# gates_label = "gates-change"
+# tests_label = "tests-change"
+
 # Quality gates: commands run (without a shell) in the issue's worktree; all must pass.
 # Per gate: env = {{}} (added environment), when = ["src/**"] (run only if the change touches these),
-# baseline = true (fail only for failures the target does not already have).
+# baseline = true (fail only for failures the target does not already have),
+# junit = "report.xml" (test counts from the JUnit XML file the command writes).
 {gates}"""
 
 

@@ -54,10 +54,11 @@ def _title(run: RunView) -> str | None:
 
 
 def _phase(run: RunView) -> str:
-    """running | queued | blocked | landed | skipped | failed | cancelled.
+    """running | queued | blocked | landed | skipped | superseded | failed | cancelled.
 
     queued: active, its process step not started (check-deps, or waiting for a session);
-    blocked: failed (or being handed to a person right now)."""
+    blocked: failed (or being handed to a person right now);
+    superseded: a person closed, took, deferred or deleted the issue mid-run; nothing landed."""
     if run.status == "failing":
         return "blocked"
     if run.status in ACTIVE:
@@ -68,7 +69,10 @@ def _phase(run: RunView) -> str:
             return "queued"
         return "running"
     if run.status == "succeeded":
-        return "skipped" if (run.outcome or {}).get("skipped") else "landed"
+        outcome = run.outcome or {}
+        if outcome.get("superseded"):
+            return "superseded"
+        return "skipped" if outcome.get("skipped") else "landed"
     return run.status
 
 
@@ -162,7 +166,7 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
 
     Each run (in running, queued, blocked, recent): `run_id`, `run` (short id), `issue_id`, `title`
     (null until check-deps read the issue), `status` (engine: queued|running|failing|succeeded|
-    failed|cancelled), `phase` (running|queued|blocked|landed|skipped|failed|cancelled), `step`,
+    failed|cancelled), `phase` (running|queued|blocked|landed|skipped|superseded|failed|cancelled), `step`,
     `step_status`, `attempt`, `max_attempts` (of the current step; null once finished), `retry_at`
     (Unix time of the next try, or null), `elapsed_s`, `created_at`, `finished_at`, `failed_step`,
     `error`, `outcome` (the commit step's output), `commit` (sha or null), `steps`, `attempts`,
@@ -221,6 +225,8 @@ def _outcome_line(run: dict[str, Any]) -> str:
     if run["status"] == "failed":
         return f"failed at {run['failed_step']}: {one_line(run['error'], 100)}"
     out = run.get("outcome") or {}
+    if out.get("superseded"):
+        return f"superseded: {one_line(out.get('superseded'), 100)}"
     if out.get("skipped"):
         return f"skipped: {one_line(out.get('reason'), 100)}"
     return out.get("close_reason") or run["status"]

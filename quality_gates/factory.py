@@ -23,9 +23,18 @@ def gates_from_config(config: Config, *, target: str | None = None, require_chan
             max_lines=d.max_lines, max_files=d.max_files, size_ignore=d.size_ignore, forbidden=d.forbidden,
             secrets=d.secrets, secrets_allow=d.secrets_allow, target=target,
         )
+    y = config.yardstick
+    if y.enabled:
+        # Before any command runs: what the change does to the yardstick, read from git and the tree.
+        from quality_gates.test_integrity import tests_gate
+        from quality_gates.yardstick import yardstick_gate
+
+        gates += [yardstick_gate([g.argv for g in config.gates], y.protected, label=y.gates_label, target=target),
+                  tests_gate(label=y.tests_label, target=target)]
     gates += [
         CommandGate(g.name, g.argv, g.timeout, g.env, when=g.when, baseline=g.baseline,
-                    baseline_match=g.baseline_match, ignore_numbers=g.baseline_ignore_numbers, target=target)
+                    baseline_match=g.baseline_match, ignore_numbers=g.baseline_ignore_numbers, target=target,
+                    junit=g.junit)
         for g in config.gates
     ]
     return gates

@@ -21,6 +21,7 @@ from quality_gates.baseline import compare, path_roots
 from quality_gates.change import Change, ChangeError, read_change, repo_toplevel, temporary_worktree
 from quality_gates.globs import matches, validate_globs
 from quality_gates.report import GateReport, SuiteReport
+from quality_gates.testcounts import from_junit, parse_counts
 
 TAIL_CHARS = 4000
 
@@ -151,7 +152,7 @@ class CommandGate:
 
     def __init__(self, name: str, argv: Sequence[str], timeout: float = 600.0, env: dict[str, str] | None = None,
                  *, when: Sequence[str] = (), baseline: bool = False, baseline_match: str | None = None,
-                 ignore_numbers: bool = True, target: str | None = None):
+                 ignore_numbers: bool = True, target: str | None = None, junit: str | None = None):
         if not argv:
             raise ValueError(f"gate {name!r} has an empty command")
         if timeout <= 0:
@@ -165,6 +166,7 @@ class CommandGate:
         self.baseline_match = re.compile(baseline_match) if baseline_match else None
         self.ignore_numbers = ignore_numbers
         self.target = target
+        self.junit = junit  # a JUnit XML file the command writes, relative to the worktree
 
     def __repr__(self) -> str:
         return f"CommandGate({self.name!r}, {self.argv!r})"
@@ -178,10 +180,15 @@ class CommandGate:
                 return GateReport(name=self.name, status="skipped",
                                   reason=f"the change touches no file matching {', '.join(self.when)}")
         log_path = (log_dir / f"gate-{self.name}.log") if log_dir else None
+        junit = inp.workdir / self.junit if self.junit else None
+        if junit is not None:
+            junit.unlink(missing_ok=True)  # a file left by an earlier run (or the agent) proves nothing
         out = run_command(self.argv, inp.workdir, timeout=self.timeout, env=self.env, cancel=cancel,
                           log_path=log_path)
+        tests = from_junit(junit) if junit is not None else parse_counts(out.output)
         report = GateReport(name=self.name, status="pass", duration_s=out.duration_s, exit_code=out.exit_code,
-                            output_tail=tail_text(out.output), log_path=str(log_path) if log_path else None)
+                            output_tail=tail_text(out.output), log_path=str(log_path) if log_path else None,
+                            tests=tests)
         if out.start_error:
             return report.model_copy(update={"status": "error", "reason": out.start_error})
         if out.timed_out:
@@ -189,6 +196,8 @@ class CommandGate:
         if out.cancelled:
             return report.model_copy(update={"status": "error", "reason": "cancelled"})
         if out.exit_code == 0:
+            if tests is not None and tests.collected == 0:
+                return report.model_copy(update={"status": "fail", "reason": "the test run ran no test"})
             return report
         failed = report.model_copy(update={"status": "fail", "reason": f"exited {out.exit_code}"})
         if not self.baseline:

@@ -94,7 +94,8 @@ def test_registration_follows_the_spec_and_the_config():
         assert t.backoff_factor == 2.0 and t.backoff_max_seconds == 45
         assert t.action == f"beads-task-execution:{spec.name}"
     assert tasks["check-deps"].timeout == "20m"  # no spec timeout: engine.step_timeout
-    assert tasks["process"].timeout == "41m"  # agent.timeout + 60 s
+    # The whole fix loop: max_attempts (3) × (agent.timeout 40m + the gates 5m + the diff checks 60 s), + 60 s
+    assert tasks["process"].timeout == "139m"
     assert tasks["verify"].timeout == "7m"  # the gates (5m), the diff checks (60 s), + 60 s
     assert tasks["commit"].timeout == "20m"
     # The session cap: one concurrency group for every session, max_sessions at once, queued for hours.
