@@ -104,6 +104,7 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     if dry_run:
         _dry_run(svc)
         return
+    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
     if svc.config.engine.kind == "hatchet":
         from workflows.hatchet import start_with_hatchet
 
@@ -192,6 +193,8 @@ def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
             _print_outcome(view)
             sys.exit(0 if view.status == "succeeded" else 1)
         return
+    if wait:
+        svc.enter_sandbox()
     engine = build_engine(svc)
     run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
     click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")
@@ -336,6 +339,7 @@ def worker(ctx: click.Context, name: str | None) -> None:
 
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
+    svc.enter_sandbox()
     run_worker(svc, name=name)
 
 

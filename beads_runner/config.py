@@ -74,6 +74,9 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+    # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
+    # opencode's data, cache and state directories are always writable.
+    writable: list[str] = Field(default_factory=list)
 
     @field_validator("model")
     @classmethod
@@ -201,6 +204,9 @@ class DiffConfig(_Section):
 
 
 class Config(_Section):
+    # How agent sessions and gates are confined (beads_runner/sandbox.py): "auto" and "bwrap" need
+    # bubblewrap (`start` refuses without it); "off" runs them unconfined.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

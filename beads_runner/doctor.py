@@ -93,4 +93,11 @@ def run_checks(repo: Path) -> list[Check]:
         return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
 
     checks.append(_attempt("gates", gates_check))
+
+    def sandbox_check() -> str:
+        from beads_runner import sandbox
+
+        return sandbox.resolve(config.sandbox, repo).describe()
+
+    checks.append(_attempt("sandbox", sandbox_check))
     return checks

@@ -25,6 +25,9 @@ from beads_runner.ids import require_safe_issue_id
 BRANCH_PREFIX = "beads-runner/"
 # Paths the runner never commits: the tracker's own files and the runner's state.
 NEVER_COMMIT = (".beads", ".beads-runner")
+# On every git call of the runner: repository hooks never run (the agent's change, or anything that
+# wrote into .git, must not get the runner to execute it), nor does an fsmonitor command.
+SAFE_GIT_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "beads-runner", "GIT_AUTHOR_EMAIL": "beads-runner@localhost",
                       "GIT_COMMITTER_NAME": "beads-runner", "GIT_COMMITTER_EMAIL": "beads-runner@localhost"}
 
@@ -108,7 +111,7 @@ class Workspace:
         try:
             # Its own session, like bd: a signal to the runner's group must not kill git mid-write
             # (a half-written ref or a left index.lock); the runner stops after the call instead.
-            return g.execute(["git", *args], env=extra or None, start_new_session=True)
+            return g.execute(["git", *SAFE_GIT_CONFIG, *args], env=extra or None, start_new_session=True)
         except git.GitCommandError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
             fix = None

@@ -27,7 +27,9 @@ class ChangeError(Exception):
 
 def git(workdir: Path, *args: str, timeout: float = GIT_TIMEOUT) -> str:
     """Run git in `workdir`; its stdout, or ChangeError with git's message."""
-    argv = ["git", "-c", "core.quotepath=off", *args]
+    # No repository hook runs (a baseline `worktree add` would run post-checkout), nor an fsmonitor.
+    argv = ["git", "-c", "core.quotepath=off", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+            *args]
     try:
         proc = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})

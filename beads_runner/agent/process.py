@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beads_runner import procreg
+from beads_runner import procreg, sandbox
 
 LineCallback = Callable[[str], None]
 
@@ -60,11 +60,14 @@ def run_supervised(
     stall_on_stderr: bool = False,
     tail_lines: int = 40,
     kill_grace: float = 3.0,
+    writable: Sequence[Path | str] = (),
 ) -> ProcessOutcome:
-    """Run `argv` to its end or a limit. Raises OSError only if it cannot be started at all."""
+    """Run `argv` to its end or a limit. Raises OSError only if it cannot be started at all.
+
+    It runs in the active sandbox (`beads_runner.sandbox`): `cwd` and `writable` are all it may write."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
     )
     lock = threading.Lock()
