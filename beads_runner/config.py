@@ -201,6 +201,8 @@ class DiffConfig(_Section):
     forbidden: Globs = Field(default_factory=list)  # added to .beads/**, .beads-runner/**, .git/**
     secrets: StrictBool = True  # no added private key, .env file or token
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
+    max_bytes: StrictInt | None = Field(None, ge=1)  # bytes added (new files whole, added lines); unset: no limit
+    binary_allow: Globs = Field(default_factory=list)  # binary files that may land (e.g. "docs/**/*.png")
 
 
 class Config(_Section):

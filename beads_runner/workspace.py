@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from filelock import FileLock
 
 from beads_runner.errors import GitError
 from beads_runner.ids import require_safe_issue_id
+from quality_gates.change import read_chunks
 
 BRANCH_PREFIX = "beads-runner/"
 # Paths the runner never commits: the tracker's own files and the runner's state.
@@ -203,10 +205,7 @@ class Workspace:
         path = self.worktree_path(issue_id)
         out: dict[str, str | None] = {}
         for name in self.changed_files(issue_id):
-            try:
-                out[name] = hashlib.sha1((path / name).read_bytes()).hexdigest()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                out[name] = None
+            out[name] = content_hash(path / name)
         return out
 
     def tree_id(self, issue_id: str) -> str:
@@ -395,6 +394,24 @@ class Workspace:
                 fix=f"commit or stash them, then the next attempt lands {sha[:10]}",
             )
         self.git("merge", "--ff-only", "-q", sha, cwd=checkout)
+
+
+def content_hash(path: Path) -> str | None:
+    """A hash of what git would take from `path` (None: nothing there). A symlink is its target, never
+    followed; a FIFO or a device is never opened; a file is read in chunks, so any size is fine."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    digest = hashlib.sha1()
+    if stat.S_ISLNK(st.st_mode):
+        digest.update(b"link\0" + os.fsencode(os.readlink(path)))
+    elif stat.S_ISREG(st.st_mode):
+        for chunk in read_chunks(path, overlap=0):
+            digest.update(chunk)
+    else:
+        return None
+    return digest.hexdigest()
 
 
 def _never_commit(path: str) -> bool:
