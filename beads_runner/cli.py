@@ -15,6 +15,7 @@ from beads_runner import __version__
 from beads_runner.config import load_config
 from beads_runner.errors import RunnerError
 from beads_runner.logs import configure_logging
+from beads_runner.safe_text import one_line, printable
 from beads_runner.services import Services, register_services
 
 
@@ -157,10 +158,10 @@ def _dry_run(svc: Services) -> None:
     template = load_template(svc.state_dir)
     for n, issue in enumerate(issues):
         if not is_safe_issue_id(issue.id):
-            click.echo(f"  REFUSED {issue.id!r}: not safe as a branch and path name")
+            click.echo(f"  REFUSED {printable(repr(issue.id))}: not safe as a branch and path name")
             continue
         mark = "claim" if n < cap else "later"
-        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {issue.title}")
+        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {one_line(issue.title, 200)}")
     first = next((i for i in issues if is_safe_issue_id(i.id)), None)
     if first is not None:
         click.echo(f"\n--- prompt for {first.id} ---")
@@ -300,7 +301,8 @@ def logs(ctx: click.Context, ref: str, follow: bool, as_json: bool) -> None:
     svc = _services(ctx)
     try:
         for line in stream_logs(svc, ref, follow=follow, as_json=as_json):
-            click.echo(line)
+            # JSON escapes control characters itself; text lines carry the agent's words raw.
+            click.echo(line if as_json else printable(line, keep_newlines=True))
     except KeyboardInterrupt:
         return
 
@@ -326,7 +328,7 @@ def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(render_review(data))
+        click.echo(printable(render_review(data), keep_newlines=True))
 
 
 # --- hatchet ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from beads_runner.errors import GitError
 from beads_runner.ids import require_safe_issue_id
+from beads_runner.safe_text import SUBJECT_TITLE_MAX, one_line, printable
 from quality_gates.change import read_chunks
 
 BRANCH_PREFIX = "beads-runner/"
@@ -47,12 +48,13 @@ class Landed:
 
 
 def trailer_message(title: str, issue_id: str, body: str, trailers: dict[str, str]) -> str:
-    """`<title> (<id>)`, a body, then `Key: value` trailers; newlines in values are flattened."""
-    subject = " ".join(f"{title} ({issue_id})".split())
+    """`<title> (<id>)`, a body, then `Key: value` trailers; newlines in values are flattened. The
+    title is untrusted: no control characters, at most SUBJECT_TITLE_MAX characters."""
+    subject = f"{one_line(title, SUBJECT_TITLE_MAX) or '(no title)'} ({issue_id})"
     lines = [subject, ""]
     if body.strip():
-        lines += [body.strip(), ""]
-    lines += [f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items()]
+        lines += [printable(body, keep_newlines=True).strip(), ""]
+    lines += [f"{k}: {one_line(v, 1000)}" for k, v in trailers.items()]
     return "\n".join(lines) + "\n"
 
 

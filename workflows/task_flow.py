@@ -22,6 +22,7 @@ from beads_runner.errors import (
 )
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
+from beads_runner.safe_text import one_line
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
 from beads_runner.workspace import LandingRefused, trailer_message
@@ -196,7 +197,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
                        + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
     request = SessionRequest(
         issue_id=issue.id, prompt=prompt, workdir=worktree, session_id=resume_id,
-        title=f"{issue.id}: {issue.title}"[:120],
+        title=one_line(f"{issue.id}: {issue.title}", 120),
         log_path=svc.run_dir(ctx.run_id) / f"agent-{ctx.attempt}.ndjson",
     )
     seen = {"session": resume_id, "edited": False}
