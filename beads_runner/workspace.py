@@ -395,6 +395,17 @@ class Workspace:
                 f"({', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}); it was not touched",
                 fix=f"commit or stash them, then the next attempt lands {sha[:10]}",
             )
+        # git overwrites an ignored file without a word when the change adds that path (after un-ignoring
+        # it): a file the owner keeps there must never be lost to a landing.
+        added = [p for p in self.git("diff", "--no-renames", "--name-only", "-z", "--diff-filter=AT", expected_old,
+                                     sha).split("\0") if p]
+        kept = [p for p in added if os.path.lexists(checkout / p)]
+        if kept:
+            raise LandingRefused(
+                f"landing would overwrite {len(kept)} untracked or ignored file(s) in the checkout of {self.target} "
+                f"at {checkout} ({', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}); it was not touched",
+                fix=f"move those files away (they are yours, not the change's), then the next attempt lands {sha[:10]}",
+            )
         self.git("merge", "--ff-only", "-q", sha, cwd=checkout)
 
 

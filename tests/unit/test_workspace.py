@@ -243,3 +243,27 @@ def test_push_never_forces_over_someone_elses_history(remote_and_clones):
     with pytest.raises(LandingRefused, match="does not rebase cleanly"):
         ws.land("bd-p4")
     assert git(remote, "rev-parse", "main") == before
+
+
+def test_landing_never_overwrites_an_ignored_or_untracked_file_of_the_checkout(repo):
+    """Issue 17 item 6: the change un-ignores a path the owner keeps ignored in the main checkout, and
+    adds that path; git's fast-forward would overwrite it silently."""
+    (repo / ".gitignore").write_text(".beads-runner/\nlocal.env\n")
+    git(repo, "commit", "-qam", "ignore local.env")
+    (repo / "local.env").write_text("the owner's own settings\n")
+    (repo / "notes.txt").write_text("untracked notes\n")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-6")
+    (path / ".gitignore").write_text(".beads-runner/\n")
+    (path / "local.env").write_text("the agent's\n")
+    (path / "notes.txt").write_text("the agent's\n")
+    ws.commit("bd-6", msg("bd-6"))
+    with pytest.raises(LandingRefused, match="overwrite 2 untracked or ignored file") as err:
+        ws.land("bd-6")
+    assert "local.env" in err.value.message and "notes.txt" in err.value.message
+    assert (repo / "local.env").read_text() == "the owner's own settings\n"
+    assert (repo / "notes.txt").read_text() == "untracked notes\n"
+    assert ws.find_commit("bd-6", "main") is None
+    (repo / "local.env").unlink()
+    (repo / "notes.txt").unlink()
+    assert ws.land("bd-6").sha == git(repo, "rev-parse", "main")  # moved away: it lands
