@@ -11,15 +11,18 @@ import hashlib
 import os
 import re
 import stat
+import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 from filelock import FileLock
 
+from beads_runner import procreg
 from beads_runner.errors import GitError
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.safe_text import SUBJECT_TITLE_MAX, one_line, printable
@@ -33,6 +36,21 @@ NEVER_COMMIT = (".beads", ".beads-runner")
 SAFE_GIT_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "beads-runner", "GIT_AUTHOR_EMAIL": "beads-runner@localhost",
                       "GIT_COMMITTER_NAME": "beads-runner", "GIT_COMMITTER_EMAIL": "beads-runner@localhost"}
+
+
+_step = threading.local()  # .cancel: the Event of the step this thread runs, if any
+
+
+@contextmanager
+def cancel_with(cancel: threading.Event | None) -> Iterator[None]:
+    """While the block runs, a git call of this thread ends (GitError) once `cancel` is set: a step's
+    timeout or a stop ends the step even when git blocks."""
+    previous = getattr(_step, "cancel", None)
+    _step.cancel = cancel
+    try:
+        yield
+    finally:
+        _step.cancel = previous
 
 
 class LandingRefused(GitError):
@@ -109,21 +127,44 @@ class Workspace:
         return env
 
     def git(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-        """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure."""
-        g = git.Git(str(cwd or self.root))
-        extra = {**self._env, **(env or {})}
+        """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure.
+
+        Never run: repository hooks, an fsmonitor, a prompt for credentials. A call blocked in git (a
+        filter, a remote that never answers) ends when the step running it is cancelled (its timeout,
+        a stop): see `cancel_with`."""
+        where = cwd or self.root
+        environ = {**os.environ, **self._env, **(env or {}), "LANGUAGE": "C", "LC_ALL": "C",
+                   "GIT_TERMINAL_PROMPT": "0"}
+        cancel = getattr(_step, "cancel", None)
         try:
             # Its own session, like bd: a signal to the runner's group must not kill git mid-write
             # (a half-written ref or a left index.lock); the runner stops after the call instead.
-            return g.execute(["git", *SAFE_GIT_CONFIG, *args], env=extra or None, start_new_session=True)
-        except git.GitCommandError as exc:
-            detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
-            fix = None
-            if "index.lock" in detail:
-                lock = re.search(r"'([^']*index\.lock)'", detail)
-                fix = (f"another git process is running in {cwd or self.root}, or one was killed and left "
-                       f"{lock.group(1) if lock else 'its index.lock'}: if no git is running there, delete that file")
-            raise GitError(f"git {' '.join(args[:3])} failed: {detail}", fix=fix) from None
+            proc = subprocess.Popen(["git", *SAFE_GIT_CONFIG, *args], cwd=where, env=environ,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc}", fix="install git and make sure it is on PATH") from None
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    procreg.kill_group(proc, 3.0)  # SIGTERM first: git removes its lock files
+                    raise GitError(f"git {' '.join(args[:3])} was stopped: the step was cancelled or timed out "
+                                   "while git ran", fix=f"if git blocks in {where} (a filter, a remote that never "
+                                   "answers), fix that; the next attempt runs it again") from None
+        stdout = out.decode("utf-8", "surrogateescape")
+        stdout = stdout[:-1] if stdout.endswith("\n") else stdout
+        if proc.returncode == 0:
+            return stdout
+        detail = (err.decode("utf-8", "replace") or stdout).strip()
+        fix = None
+        if "index.lock" in detail:
+            lock = re.search(r"'([^']*index\.lock)'", detail)
+            fix = (f"another git process is running in {cwd or self.root}, or one was killed and left "
+                   f"{lock.group(1) if lock else 'its index.lock'}: if no git is running there, delete that file")
+        raise GitError(f"git {' '.join(args[:3])} failed: {detail}", fix=fix)
 
     def _admin(self) -> FileLock:
         self.state_dir.mkdir(parents=True, exist_ok=True)

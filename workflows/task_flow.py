@@ -25,7 +25,7 @@ from beads_runner.prompt import load_template, render_prompt
 from beads_runner.safe_text import one_line
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
-from beads_runner.workspace import LandingRefused, trailer_message
+from beads_runner.workspace import LandingRefused, cancel_with, trailer_message
 from quality_gates import SuiteReport, run_suite
 from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
 
@@ -85,7 +85,8 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
     @functools.wraps(fn)
     def wrapper(inp: TaskInput, ctx: StepContext) -> BaseModel:
         try:
-            return fn(inp, ctx)
+            with cancel_with(ctx.cancel):  # the step's timeout or a stop ends a git call blocked in it
+                return fn(inp, ctx)
         except StepFailed:
             raise
         except UnsafeIdError as exc:

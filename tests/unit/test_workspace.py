@@ -267,3 +267,57 @@ def test_landing_never_overwrites_an_ignored_or_untracked_file_of_the_checkout(r
     (repo / "local.env").unlink()
     (repo / "notes.txt").unlink()
     assert ws.land("bd-6").sha == git(repo, "rev-parse", "main")  # moved away: it lands
+
+
+def test_a_git_call_blocked_in_a_step_ends_when_the_step_is_cancelled(repo):
+    """Issue 17 item 7: git blocking (here a clean filter that never returns; a hook can no longer
+    run) hung the commit step for ever: its timeout was logged and had no effect."""
+    import threading
+
+    from beads_runner.errors import GitError
+    from beads_runner.workspace import cancel_with
+
+    git(repo, "config", "filter.stuck.clean", "sleep 463.5")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-7")
+    (path / ".gitattributes").write_text("*.txt filter=stuck\n")
+    (path / "b.txt").write_text("b\n")
+    cancel = threading.Event()
+    outcome: dict = {}
+
+    def commit() -> None:
+        with cancel_with(cancel):
+            try:
+                ws.commit("bd-7", msg("bd-7"))
+            except GitError as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=commit, daemon=True)
+    thread.start()
+    assert _wait_for_process("463.5"), "git never reached the filter"
+    cancel.set()  # what the engine does when the step outlives its timeout
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "was stopped: the step was cancelled or timed out" in outcome["error"].message
+    assert not _wait_for_process("463.5", present=False)
+
+
+def _wait_for_process(marker: str, present: bool = True) -> bool:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = any(marker in (p / "cmdline").read_bytes().decode(errors="replace")
+                    for p in Path("/proc").iterdir() if p.name.isdigit() and _readable(p / "cmdline"))
+        if found == present:
+            return found
+        time.sleep(0.05)
+    return not present
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+        return True
+    except OSError:
+        return False
