@@ -4,6 +4,7 @@ agent is the `command` kind: a Python script that does what a prompt-injected ag
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -168,3 +169,39 @@ def _processes_with(marker: str) -> list[int]:
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.1)
+
+
+def test_issues_whose_ids_look_like_flags_are_refused_with_a_comment_and_handed_to_a_person(tmp_path):
+    rig = Hostile(tmp_path, "", sandbox="off")
+    ids = {create_issue(rig.repo, "Dash"): "-", create_issue(rig.repo, "Help"): "--help"}
+    store = rig.repo / ".beads" / "issues.jsonl"
+    text = store.read_text()
+    for old, new in ids.items():
+        text = text.replace(f'"id": "{old}"', f'"id": "{new}"').replace(f'"id":"{old}"', f'"id":"{new}"')
+    store.write_text(text)
+    assert all(f'"{new}"' in text for new in ids.values())
+    result = rig.run()
+    assert "Traceback" not in result.stderr
+    for bad in ids.values():
+        shown = json.loads(subprocess.run(
+            [sys.executable, "-S", str(Path(__file__).parents[1] / "fakes" / "bd"), "show", "--json", "--", bad],
+            cwd=rig.repo, capture_output=True, text=True, env=standin_env(), check=True).stdout)
+        shown = shown[0] if isinstance(shown, list) else shown
+        assert shown["status"] == "blocked" and "needs-human" in shown.get("labels", []), shown
+        comments = json.loads(subprocess.run(
+            [sys.executable, "-S", str(Path(__file__).parents[1] / "fakes" / "bd"), "comments", "--json", "--", bad],
+            cwd=rig.repo, capture_output=True, text=True, env=standin_env(), check=True).stdout)
+        assert any("refused this issue" in c["text"] and "not safe" in c["text"] for c in comments), comments
+
+
+def test_start_once_exits_non_zero_when_every_bd_call_fails(tmp_path):
+    rig = Hostile(tmp_path, "", sandbox="off")
+    create_issue(rig.repo, "Never seen")
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([{"command": c, "kind": "error_json_stderr", "message": "database is gone",
+                                   "times": 1000} for c in ("ready", "list", "show", "update")]))
+    env = standin_env(HOSTILE_REPO=str(rig.repo), HOSTILE_OUT=str(rig.out), BD_STANDIN_FAULTS=str(faults))
+    result = subprocess.run([str(BEADS_RUNNER), "--repo", str(rig.repo), "start", "--once", "--poll-interval", "0.2"],
+                            env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "the tracker failed on every try" in result.stderr
