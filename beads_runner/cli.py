@@ -13,7 +13,7 @@ import click
 
 from beads_runner import __version__
 from beads_runner.config import load_config
-from beads_runner.errors import RunnerError
+from beads_runner.errors import ConfigError, RunnerError
 from beads_runner.logs import configure_logging
 from beads_runner.safe_text import one_line, printable
 from beads_runner.services import Services, register_services
@@ -122,6 +122,13 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
 def _preflight(svc: Services) -> None:
     """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
     svc.workspace.check_target()
+    from quality_gates.gates import missing_commands
+
+    missing = missing_commands(svc.gates, svc.repo)
+    if missing:
+        raise ConfigError(f"gate command not found: {', '.join(missing)}",
+                          fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
+                              "(a relative path is taken from the repository root)")
     svc.tracker.version()
     resolve = getattr(svc.agent, "resolve_executable", None)
     if resolve is not None:

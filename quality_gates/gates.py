@@ -147,6 +147,18 @@ def resolve_command(name: str, cwd: Path, path: str | None = None) -> str | None
     return shutil.which(name, path=path)
 
 
+def missing_commands(gates: Sequence[Gate], where: Path) -> list[str]:
+    """`name: argv[0]` of every command gate whose program cannot be found from `where` (the repository):
+    a broken configuration, to report before any issue is claimed, not a failure to blame on an agent."""
+    missing = []
+    for gate in gates:
+        if isinstance(gate, CommandGate):
+            path = {**os.environ, **gate.env}.get("PATH")
+            if resolve_command(gate.argv[0], where, path) is None:
+                missing.append(f"{gate.name}: {gate.argv[0]}")
+    return missing
+
+
 def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str, str] | None = None,
                 cancel: threading.Event | None = None, log_path: Path | None = None) -> _Outcome:
     """Run `argv` (no shell) in its own process group; on timeout or cancel the whole group is killed.

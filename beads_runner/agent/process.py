@@ -67,8 +67,8 @@ def run_supervised(
     It runs in the active sandbox (`beads_runner.sandbox`): `cwd` and `writable` are all it may write."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env=dict(env), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
     )
     lock = threading.Lock()
     last_activity = [time.monotonic()]

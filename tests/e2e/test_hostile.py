@@ -205,3 +205,15 @@ def test_start_once_exits_non_zero_when_every_bd_call_fails(tmp_path):
                             env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "the tracker failed on every try" in result.stderr
+
+
+def test_a_gate_command_that_does_not_exist_stops_start_before_any_claim(tmp_path):
+    rig = Hostile(tmp_path, "", sandbox="off", extra='[[gates]]\nname = "lint"\nrun = "no-such-linter --strict"\n')
+    issue_id = create_issue(rig.repo, "Never claimed")
+    result = rig.run()
+    assert result.returncode == 2
+    assert "error: gate command not found: lint: no-such-linter" in result.stderr and "fix:" in result.stderr
+    assert issue(rig.repo, issue_id)["status"] == "open"  # nothing was claimed, no agent was blamed
+    doctor = subprocess.run([str(BEADS_RUNNER), "--repo", str(rig.repo), "doctor"], env=standin_env(),
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "[FAIL] gates" in doctor.stdout and "lint: no-such-linter" in doctor.stdout
