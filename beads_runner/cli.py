@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -44,6 +45,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RunnerError as exc:
             click.echo(f"error: {exc.render()}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = exc.filename or "a file"
+            click.echo(f"error: cannot write {where}: {exc.strerror}\n  fix: make it writable by this user (free "
+                       "space, a writable mount), then run again; nothing was lost", err=True)
             sys.exit(2)
 
 
@@ -112,11 +120,25 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
         sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
     from beads_runner.daemon import Runner
 
+    _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
     _preflight(svc)
     runner = Runner(svc)
     _install_signal_handlers(runner)
     sys.exit(runner.run(once=once, poll_interval=poll_interval))
+
+
+def _require_writable_state(svc: Services) -> None:
+    """The runner keeps its state under .beads-runner/: unwritable, nothing could be recorded."""
+    probe = svc.state_dir / f".write-test-{os.getpid()}"
+    try:
+        svc.state_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise RunnerError(f"{svc.state_dir} is not writable: {exc.strerror or exc}",
+                          fix=f"make {svc.state_dir} writable by this user (free space, a writable mount), "
+                              "then start again") from None
 
 
 def _preflight(svc: Services) -> None:

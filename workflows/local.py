@@ -27,7 +27,23 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
+from beads_runner.errors import RunnerError
 from workflows.spec import RetryPolicy, StepFailed, StepSpec, WorkflowSpec
+
+
+class StateUnusable(RunnerError):
+    """The embedded engine's database cannot be used (corrupt, truncated, not writable)."""
+
+    def __init__(self, path: Path, exc: BaseException):
+        detail = getattr(exc, "strerror", None) or str(exc)
+        if isinstance(exc, OSError) or "readonly" in detail or "unable to open" in detail:
+            super().__init__(f"the run state {path} cannot be written: {detail}",
+                             fix=f"make {path.parent} writable by this user (and the filesystem it is on), then start again")
+        else:
+            super().__init__(
+                f"the run state {path} is damaged: {detail}",
+                fix=f"move it away (mv {path} {path}.damaged; also its -wal and -shm files) and start again: its runs "
+                    "are forgotten, but their work is not (worktrees and branches stay, and claimed issues are taken back)")
 
 log = structlog.get_logger("beads_runner.engine")
 
@@ -224,7 +240,21 @@ class LocalEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
         self._listeners: list[Callable[[], None]] = []
-        self._conn().executescript(SCHEMA)
+        self._open_checked()
+
+    def _open_checked(self) -> None:
+        """Open the database and check it before anything is claimed: a corrupt, truncated or
+        unwritable state.db is an error with its fix, not a traceback (or a crash mid-run)."""
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
+            conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            self._local.conn = None
+            raise StateUnusable(self.db_path, exc) from None
 
     # --- storage ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
