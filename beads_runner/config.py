@@ -30,6 +30,7 @@ STATE_DIR = ".beads-runner"
 STATE_DB = "state.db"  # the embedded engine's database, in STATE_DIR
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 30 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -45,6 +46,9 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
     if seconds <= 0:
         raise ValueError("a positive duration (\"30s\", \"5m\", \"1h\"); zero or negative is not allowed")
+    if seconds > MAX_DURATION:
+        # Beyond this, timers overflow (OverflowError from a thread's wait) long before anyone waits.
+        raise ValueError(f"a duration of at most {MAX_DURATION / 86400:g} days")
     return seconds
 
 

@@ -199,6 +199,8 @@ class Workspace:
         with self._admin_lock, self._admin():
             if (path / ".git").exists() and self._worktree_branch(path) == branch:
                 return path
+            if (path / ".git").is_file() and self._repair(path) == branch:
+                return path  # its .git file had been rewritten (by an unconfined agent): git rewrote it back
             self.git("worktree", "prune")
             self.worktrees_dir.mkdir(parents=True, exist_ok=True)
             if path.exists() and not any(path.iterdir()):
@@ -212,6 +214,19 @@ class Workspace:
                 self.check_target()
                 self.git("worktree", "add", "-q", "--no-track", "-b", branch, str(path), self.base)
         return path
+
+    def _repair(self, path: Path) -> str | None:
+        """`git worktree repair` for a worktree whose `.git` file no longer points at its admin entry;
+        the branch it is on afterwards (None: not repaired)."""
+        admin = self.root / ".git" / "worktrees" / path.name
+        if not (admin / "gitdir").is_file():
+            return None
+        try:
+            (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
+            self.git("worktree", "repair", str(path))
+        except (OSError, GitError):
+            return None
+        return self._worktree_branch(path)
 
     def _worktree_branch(self, path: Path) -> str | None:
         try:
@@ -286,6 +301,8 @@ class Workspace:
             return head  # already committed (a re-run)
         if head != base:
             self.git("reset", "--soft", base, cwd=path)
+        # What the agent staged or committed itself under .beads/ or .beads-runner/ is never committed.
+        self.git("reset", "-q", base, "--", *NEVER_COMMIT, cwd=path)
         if paths is None:
             self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path)
         elif paths:

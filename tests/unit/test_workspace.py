@@ -321,3 +321,28 @@ def _readable(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_rewritten_worktree_git_file_is_repaired_not_reported_as_not_a_repository(repo):
+    """Issue 17 item 18: an (unconfined) agent rewrote its worktree's `.git` file; every later git
+    call said "not a git repository". The worktree is found again with its work."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-18")
+    (path / "work.txt").write_text("kept\n")
+    (path / ".git").write_text("gitdir: /nowhere/at/all\n")
+    assert ws.ensure_worktree("bd-18") == path
+    assert ws.changed_files("bd-18") == ["work.txt"]
+
+
+def test_what_the_agent_committed_under_beads_itself_is_never_committed(repo):
+    """Issue 17 item 18: with the diff checks off, a `.beads/` file the agent force-added and committed
+    stayed in the index after the runner folded its commits, and was committed."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-19")
+    (path / ".beads").mkdir()
+    (path / ".beads" / "issues.jsonl").write_text("{}\n")
+    (path / "work.txt").write_text("w\n")
+    git(path, "add", "-f", ".beads/issues.jsonl", "work.txt")
+    git(path, "commit", "-qm", "agent's own commit")
+    sha = ws.commit("bd-19", msg("bd-19"), paths=["work.txt"])
+    assert git(repo, "show", "--name-only", "--format=", sha).split() == ["work.txt"]
