@@ -402,8 +402,18 @@ class Workspace:
         """Rebase the issue branch onto `target_sha` if it is not on it already, then re-run the gates."""
         path = self.worktree_path(issue_id)
         branch = self.branch(issue_id)
+        pending = self._lock_path("regate") / require_safe_issue_id(issue_id)
         if self.git("merge-base", branch, target_sha) == target_sha:
+            # On the target already. If that is from a rebase whose re-gate never finished (a stop, a
+            # crash, a failing gate), the tree was never gated: gate it now, before it can land.
+            if pending.exists() and regate is not None:
+                self._regate(issue_id, path, branch, regate, pending)
+                return True
+            pending.unlink(missing_ok=True)
             return False
+        # Recorded before the rebase, removed only once the gates pass on the rebased tree.
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        pending.write_text(target_sha + "\n", encoding="utf-8")
         try:
             # --autostash: what the gates left in the worktree must not stop the rebase
             self.git("rebase", "-q", "--autostash", target_sha, cwd=path)
@@ -417,11 +427,22 @@ class Workspace:
                 fix=f"resolve it by hand in {path} (git rebase {self.target}), then land it",
             ) from None
         if regate is not None:
-            passed, summary = regate(path)
-            if not passed:
-                raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
-                                     fix=f"fix the branch {branch} in {path}")
+            self._regate(issue_id, path, branch, regate, pending)
+        else:
+            pending.unlink(missing_ok=True)
         return True
+
+    def _regate(self, issue_id: str, path: Path, branch: str, regate: Callable[[Path], tuple[bool, str]],
+                pending: Path) -> None:
+        tree = self.git("rev-parse", f"{branch}^{{tree}}")
+        passed, summary = regate(path)
+        if not passed:
+            raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
+                                 fix=f"fix the branch {branch} in {path}")
+        if self.git("rev-parse", f"{branch}^{{tree}}") != tree:
+            raise LandingRefused(f"{branch} changed while the gates ran on it; it was not landed",
+                                 fix="the next attempt gates it again")
+        pending.unlink(missing_ok=True)
 
     def _lock_path(self, name: str) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -346,3 +346,35 @@ def test_what_the_agent_committed_under_beads_itself_is_never_committed(repo):
     git(path, "commit", "-qm", "agent's own commit")
     sha = ws.commit("bd-19", msg("bd-19"), paths=["work.txt"])
     assert git(repo, "show", "--name-only", "--format=", sha).split() == ["work.txt"]
+
+
+def test_a_rebase_whose_regate_was_interrupted_is_gated_before_it_lands(repo):
+    """Issue 17 item 1: stopped during the re-gate after a rebase, the restarted commit step found the
+    branch already on the target, skipped the gates and landed a tree no gate had seen."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-1r")
+    (path / "d.txt").write_text("d\n")
+    ws.commit("bd-1r", msg("bd-1r"))
+    (repo / "other.txt").write_text("moved\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the target moved")
+    before = git(repo, "rev-parse", "main")
+
+    class Stopped(Exception):
+        pass
+
+    def stopped(_path):
+        raise Stopped  # SIGTERM past the grace period, or kill -9: the re-gate never finishes
+
+    with pytest.raises(Stopped):
+        ws.land("bd-1r", regate=stopped)
+    assert git(repo, "rev-parse", "main") == before
+    gated_trees = []
+
+    def regate(p):
+        gated_trees.append(git(p, "rev-parse", "HEAD^{tree}"))
+        return True, "tests=pass"
+
+    landed = ws.land("bd-1r", regate=regate)  # the restart
+    assert gated_trees == [git(repo, "rev-parse", f"{landed.sha}^{{tree}}")]  # exactly the landed tree
+    assert git(repo, "rev-parse", "main") == landed.sha
