@@ -7,6 +7,7 @@ trailer, the target already containing it) and goes on from there.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -51,6 +52,10 @@ def cancel_with(cancel: threading.Event | None) -> Iterator[None]:
         yield
     finally:
         _step.cancel = previous
+
+
+class WorktreeBusy(GitError):
+    """Another runner (alive, if stopped) works in the issue's worktree: one worktree, one agent."""
 
 
 class LandingRefused(GitError):
@@ -227,6 +232,29 @@ class Workspace:
         except (OSError, GitError):
             return None
         return self._worktree_branch(path)
+
+    @contextmanager
+    def worktree_lock(self, issue_id: str) -> Iterator[None]:
+        """Held while an agent or the gates work in the issue's worktree. A runner stopped (SIGSTOP)
+        past its lease still holds it, so a second runner resuming the step never starts a second
+        agent there; a dead runner's lock is released by the kernel."""
+        directory = self._lock_path("worktree-locks")
+        directory.mkdir(exist_ok=True)
+        fd = os.open(directory / f"{require_safe_issue_id(issue_id)}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorktreeBusy(f"another runner still works in the worktree of {issue_id} (it holds its lock, "
+                               "perhaps stopped): one worktree, one agent",
+                               fix="if that runner is stopped (SIGSTOP), continue (SIGCONT) or end it; this step "
+                                   "is tried again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _worktree_branch(self, path: Path) -> str | None:
         try:

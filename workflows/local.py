@@ -38,12 +38,14 @@ class StateUnusable(RunnerError):
         detail = getattr(exc, "strerror", None) or str(exc)
         if isinstance(exc, OSError) or "readonly" in detail or "unable to open" in detail:
             super().__init__(f"the run state {path} cannot be written: {detail}",
-                             fix=f"make {path.parent} writable by this user (and the filesystem it is on), then start again")
+                             fix=f"make {path.parent} writable by this user (and the filesystem it is on), "
+                                 "then start again")
         else:
             super().__init__(
                 f"the run state {path} is damaged: {detail}",
-                fix=f"move it away (mv {path} {path}.damaged; also its -wal and -shm files) and start again: its runs "
-                    "are forgotten, but their work is not (worktrees and branches stay, and claimed issues are taken back)")
+                fix=f"move it away (mv {path} {path}.damaged; also its -wal and -shm files) and start again: its "
+                    "runs are forgotten, but their work is not (worktrees and branches stay, and claimed issues are "
+                    "taken back)")
 
 log = structlog.get_logger("beads_runner.engine")
 

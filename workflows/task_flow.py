@@ -182,8 +182,12 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     if not deps.proceed or deps.issue is None:
         return ProcessOutput(skipped=True)
     svc = _services(inp)
+    with svc.workspace.worktree_lock(deps.issue.id):  # one worktree, one agent
+        return _process(svc, deps.issue, ctx)
+
+
+def _process(svc: Services, issue: Issue, ctx: StepContext) -> ProcessOutput:
     ws = svc.workspace
-    issue = deps.issue
     worktree = ws.ensure_worktree(issue.id)
     memory = SessionMemory(svc, issue.id)
     earlier = memory.load()
@@ -294,6 +298,11 @@ def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     if proc.skipped:
         return VerifyOutput(skipped=True)
     svc = _services(inp)
+    with svc.workspace.worktree_lock(inp.issue_id):
+        return _verify(svc, inp, proc, ctx)
+
+
+def _verify(svc: Services, inp: TaskInput, proc: ProcessOutput, ctx: StepContext) -> VerifyOutput:
     worktree = svc.workspace.ensure_worktree(inp.issue_id)
     if proc.gate_report is not None and proc.gated_tree == svc.workspace.tree_id(inp.issue_id):
         # The runner itself ran these gates on exactly this tree moments ago, in the fix loop.

@@ -378,3 +378,17 @@ def test_a_rebase_whose_regate_was_interrupted_is_gated_before_it_lands(repo):
     landed = ws.land("bd-1r", regate=regate)  # the restart
     assert gated_trees == [git(repo, "rev-parse", f"{landed.sha}^{{tree}}")]  # exactly the landed tree
     assert git(repo, "rev-parse", "main") == landed.sha
+
+
+def test_one_worktree_one_agent_while_its_runner_lives_even_stopped(repo):
+    """Issue 17 item 11: a runner stopped (SIGSTOP) past its lease still holds the worktree's lock,
+    so a second runner resuming its step cannot start a second agent there."""
+    from beads_runner.workspace import WorktreeBusy
+
+    first, second = Workspace(repo), Workspace(repo)  # two runners on one repository
+    with first.worktree_lock("bd-11"):
+        with pytest.raises(WorktreeBusy, match="one worktree, one agent"):
+            with second.worktree_lock("bd-11"):
+                pass
+    with second.worktree_lock("bd-11"):  # released when its holder is done (or dead)
+        pass
