@@ -482,7 +482,10 @@ class LocalEngine:
         ctx = _Context(self, run_id, step, attempt, inp, self.workflow.key(inp))
         with self._running_lock:
             self._running[(run_id, step)] = ctx
-        self.record_event(run_id, step, "step started", attempt=attempt)
+        try:
+            self.record_event(run_id, step, "step started", attempt=attempt)
+        except sqlite3.Error as exc:  # a full disk must not lose the step: its outcome is what matters
+            log.warning("could not record an event", run_id=run_id, step=step, error=str(exc))
         try:
             try:
                 output = spec.fn(inp, ctx)
@@ -492,18 +495,36 @@ class LocalEngine:
                 if ctx.timed_out:
                     exc = StepFailed(f"step {step} timed out after {self._timeout_of(run_id, step):g}s",
                                      retryable=True, detail=exc.detail)
-                self._step_failed(run_id, spec, attempt, exc, ctx)
+                self._persist(self._step_failed, run_id, spec, attempt, exc, ctx)
             except Exception as exc:  # noqa: BLE001 - a bug in a step fails the step, not the engine
                 log.exception("step raised", run_id=run_id, step=step)
-                self._step_failed(run_id, spec, attempt,
-                                  StepFailed(f"{type(exc).__name__}: {exc}", retryable=True), ctx)
+                self._persist(self._step_failed, run_id, spec, attempt,
+                              StepFailed(f"{type(exc).__name__}: {exc}", retryable=True), ctx)
             else:
-                self._step_succeeded(run_id, spec, attempt, output)
+                self._persist(self._step_succeeded, run_id, spec, attempt, output)
         finally:
             with self._running_lock:
                 self._running.pop((run_id, step), None)
             self._wake.set()
             self._notify()
+
+    PERSIST_BACKOFF_MAX = 10.0
+
+    def _persist(self, record: Callable[..., None], *args: Any) -> None:
+        """Record a step's outcome, however long the database refuses (a full disk, a lock held too
+        long): given up, the step would stay "running" under a live owner whose lease keeps being
+        renewed, and nothing would move once space is back. Stopping ends the wait: the step is then
+        resumed by the next runner (its owner gone)."""
+        delay = 0.2
+        while True:
+            try:
+                record(*args)
+                return
+            except sqlite3.Error as exc:
+                log.warning("cannot record a step's outcome; trying again", step=args[1].name, error=str(exc))
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, self.PERSIST_BACKOFF_MAX)
 
     def _timeout_of(self, run_id: str, step: str) -> float:
         return self._conn().execute("SELECT timeout FROM steps WHERE run_id=? AND name=?",

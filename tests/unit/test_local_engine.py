@@ -208,3 +208,30 @@ def test_orphaned_step_of_a_dead_owner_is_resumed(tmp_path):
     assert view.status == "succeeded"
     a = next(s for s in view.steps if s.name == "a")
     assert a.attempt == 1  # the interrupted attempt was not counted
+
+
+def test_a_step_outcome_the_full_disk_refused_is_recorded_once_space_is_back(tmp_path, monkeypatch):
+    """Issue 17 item 12: a brief disk-full under .beads-runner/ left steps "running" under the live
+    daemon (its lease renewed), and nothing moved once space was back."""
+    import sqlite3
+
+    eng = engine(tmp_path)
+    real = eng._step_succeeded
+    refusals = {"left": 3}
+
+    def disk_full_for_a_while(*args):
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args)
+
+    monkeypatch.setattr(eng, "_step_succeeded", disk_full_for_a_while)
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="full"))
+        view = eng.wait(run_id, timeout=60)
+    finally:
+        eng.stop()
+    assert refusals["left"] == 0
+    assert view.status == "succeeded" and [s.status for s in view.steps] == ["succeeded"] * 3
+    assert [c[1] for c in calls] == ["a", "b", "c"]  # each step ran once: only its record was retried
