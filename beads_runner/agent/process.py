@@ -26,6 +26,7 @@ LineCallback = Callable[[str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 TICK = 0.05  # how often the supervisor looks at the clock
+MAX_LINE = 16 << 20  # bytes of one output line read at once (opencode's events are single JSON lines)
 READER_GRACE = 10.0  # after the group is gone, how long to wait for the readers to drain the pipes
 
 
@@ -93,7 +94,8 @@ def run_supervised(
     def read(stream_name: str, callback: LineCallback | None, counts_as_activity: bool) -> None:
         pipe = proc.stdout if stream_name == "stdout" else proc.stderr
         assert pipe is not None
-        for raw in iter(pipe.readline, b""):
+        # Bounded: a line longer than MAX_LINE arrives in pieces (an endless line cannot take the memory).
+        for raw in iter(lambda: pipe.readline(MAX_LINE), b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             with lock:
                 if counts_as_activity:

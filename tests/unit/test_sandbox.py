@@ -115,3 +115,15 @@ def test_a_gate_command_that_does_not_exist_is_an_error_of_the_configuration_not
     report = CommandGate("lint", ["no-such-linter-here", "."]).run(tmp_path)
     assert report.status == "error"
     assert "no-such-linter-here" in report.reason and "no such command" in report.reason
+
+
+def test_an_agent_line_without_end_is_read_in_bounded_pieces(monkeypatch, tmp_path):
+    from beads_runner.agent import process
+
+    monkeypatch.setattr(process, "MAX_LINE", 1000)
+    pieces: list[str] = []
+    outcome = run_supervised([sys.executable, "-c", "import sys; sys.stdout.write('y' * 5000)"], cwd=tmp_path,
+                             env=dict(os.environ), stdin_text="", timeout=60, stall_timeout=60,
+                             on_stdout=pieces.append)
+    assert outcome.exit_code == 0
+    assert "".join(pieces) == "y" * 5000 and max(map(len, pieces)) <= 1000
