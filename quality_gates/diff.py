@@ -192,10 +192,15 @@ def protected_gate(target: str | None = None) -> DiffGate:
     return DiffGate("diff.protected", check, target)
 
 
+# What the gates themselves leave in a worktree that is not ignored (Python's bytecode, coverage
+# data): binary, but never committed (the runner commits only the agent's files), so not refused.
+GATE_BYPRODUCTS = ("__pycache__/", "*.pyc", ".coverage", ".coverage.*")
+
+
 def content_gate(binary_allow: Sequence[str] = (), target: str | None = None) -> DiffGate:
     """What git would commit that no review of lines shows: a symlink out of the repository, a
     submodule entry, binary content (unless `binary_allow` names its path)."""
-    allowed = validate_globs(binary_allow)
+    allowed = validate_globs([*GATE_BYPRODUCTS, *binary_allow])
 
     def check(change: Change) -> tuple[list[str], str]:
         problems = []

@@ -125,3 +125,11 @@ def test_reading_the_change_never_follows_a_symlink_to_a_fifo_or_dev_zero(wt: Pa
     assert "pipe: a symlink pointing outside" in "\n".join(by_name["diff.content"].findings)
     assert "zero: a symlink pointing outside" in "\n".join(by_name["diff.content"].findings)
     assert "raw-fifo" not in "\n".join(by_name["diff.content"].findings)  # git never commits a FIFO
+
+
+def test_binary_byproducts_of_the_gates_are_not_refused(wt: Path) -> None:
+    (wt / "src" / "__pycache__").mkdir()
+    (wt / "src" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0\x01bytecode")
+    (wt / ".coverage").write_bytes(b"SQLite format 3\0")
+    write(wt, {"src/app.py": "x = 2\n"})
+    assert run(content_gate(), wt).status == "pass"
