@@ -47,8 +47,8 @@ class Sandbox:
 
     kind: str
     bwrap: str | None = None
-    # Read-only paths that must stay visible although they live under the private /tmp (the
-    # repository itself, in tests and demos that keep it there).
+    # The repository (main checkout): read-only whatever else is writable, and visible even when it
+    # lives under the private /tmp (tests and demos keep it there).
     visible: tuple[Path, ...] = field(default_factory=tuple)
 
     @property
@@ -82,6 +82,13 @@ class Sandbox:
         for path in _outermost(rw):
             path.mkdir(parents=True, exist_ok=True)
             out += ["--bind", str(path), str(path)]
+        # A writable directory around the repository (agent.writable = ["~"], say) must not make the
+        # main checkout writable: read-only again, then what is writable inside it (the worktree).
+        for repo in self.visible:
+            if any(_under(repo, w) for w in rw):
+                out += ["--ro-bind", str(repo), str(repo)]
+                for path in _outermost(w for w in rw if _under(w, repo) and w != repo):
+                    out += ["--bind", str(path), str(path)]
         if cwd is not None:
             dotgit = _real(Path(cwd)) / ".git"
             if dotgit.is_file():  # a worktree's pointer into the main .git: not the agent's to rewrite

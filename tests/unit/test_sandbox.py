@@ -127,3 +127,12 @@ def test_an_agent_line_without_end_is_read_in_bounded_pieces(monkeypatch, tmp_pa
                              on_stdout=pieces.append)
     assert outcome.exit_code == 0
     assert "".join(pieces) == "y" * 5000 and max(map(len, pieces)) <= 1000
+
+
+def test_a_writable_directory_around_the_repository_leaves_the_main_checkout_read_only(confined, tmp_path):
+    outcome = run_supervised(
+        ["sh", "-c", f"echo a > work && echo b > {tmp_path}/beside && (echo c > {confined}/x || echo refused)"],
+        cwd=confined / "wt", env=dict(os.environ), stdin_text="", timeout=60, stall_timeout=60, writable=[tmp_path])
+    assert outcome.exit_code == 0
+    assert (confined / "wt" / "work").exists() and (tmp_path / "beside").exists()
+    assert not (confined / "x").exists() and "refused" in outcome.output_tail
