@@ -67,8 +67,10 @@ def run_supervised(
 
     It runs in the active sandbox (`beads_runner.sandbox`): `cwd` and `writable` are all it may write."""
     started = time.monotonic()
+    tag = procreg.new_tag()  # inherited by whatever the agent starts, even in a session of its own
     proc = subprocess.Popen(
-        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env=dict(env), stdin=subprocess.PIPE,
+        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env={**env, procreg.TAG_VAR: tag},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
     )
     lock = threading.Lock()
@@ -148,6 +150,7 @@ def run_supervised(
             # On a limit, and also after a normal exit (leftover children of the group), and if this
             # thread is interrupted: the group goes.
             procreg.kill_group(proc, kill_grace if (timed_out or stalled or cancelled) else 0.0)
+            procreg.kill_tagged(tag)  # what left the group (setsid): confined, the pid namespace ends it too
     deadline = time.monotonic() + READER_GRACE
     for thread in threads[1:]:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -136,3 +136,10 @@ def test_a_writable_directory_around_the_repository_leaves_the_main_checkout_rea
     assert outcome.exit_code == 0
     assert (confined / "wt" / "work").exists() and (tmp_path / "beside").exists()
     assert not (confined / "x").exists() and "refused" in outcome.output_tail
+
+
+def test_an_unconfined_agent_that_leaves_its_session_leaves_nothing_running(tmp_path):
+    outcome = run_supervised(["sh", "-c", "setsid sleep 391.75 & echo started"], cwd=tmp_path, env=dict(os.environ),
+                             stdin_text="", timeout=60, stall_timeout=60)
+    assert outcome.exit_code == 0 and "started" in outcome.output_tail
+    assert processes_with("sleep 391.75") == []
