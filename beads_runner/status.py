@@ -496,7 +496,8 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
         run = engine.get_run(run_id) if engine and run_id else None
         if run is not None:
             d = _run_dict(engine, run, svc.state_dir)
-            tries = sum(1 for a in d["attempts"] if a["step"] == PROCESS and a["status"] != "interrupted")
+            tries = sum(1 for a in d["attempts"]
+                        if a["step"] == PROCESS and a["status"] not in ("interrupted", "deferred"))
             entry.update(title=d["title"] or title, duration_s=d["elapsed_s"], tokens=d["tokens"], cost=d["cost"],
                          attempts=tries)
         commits.append(entry)

@@ -28,7 +28,7 @@ import structlog
 from pydantic import BaseModel
 
 from beads_runner.errors import RunnerError
-from workflows.spec import RetryPolicy, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import RetryPolicy, StepDeferred, StepFailed, StepSpec, WorkflowSpec
 
 
 class StateUnusable(RunnerError):
@@ -549,6 +549,16 @@ class LocalEngine:
     def _step_failed(self, run_id: str, spec: StepSpec, attempt: int, exc: StepFailed, ctx: _Context) -> None:
         now = time.time()
         interrupted = ctx.cancel.is_set() and not ctx.timed_out
+        if isinstance(exc, StepDeferred) and not interrupted and not ctx.timed_out:
+            with self._tx() as db:
+                db.execute("UPDATE steps SET status='pending', attempt=MAX(attempt-1,0), not_before=?, owner=NULL, "
+                           "lease_until=NULL, deadline=NULL WHERE run_id=? AND name=?",
+                           (now + exc.delay, run_id, spec.name))
+                db.execute("UPDATE attempts SET status='deferred', finished_at=?, error=? "
+                           "WHERE run_id=? AND step=? AND attempt=?", (now, exc.reason, run_id, spec.name, attempt))
+            self.record_event(run_id, spec.name, "step deferred", attempt=attempt, reason=exc.reason,
+                              retry_in=exc.delay)
+            return
         if interrupted:
             # Shutdown, not the step's fault: back to pending, attempt not spent.
             with self._tx() as db:

@@ -25,9 +25,9 @@ from beads_runner.prompt import load_template, render_prompt
 from beads_runner.safe_text import one_line
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
-from beads_runner.workspace import LandingRefused, cancel_with, trailer_message
+from beads_runner.workspace import LandingRefused, WorktreeBusy, cancel_with, trailer_message
 from quality_gates import SuiteReport, run_suite
-from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import StepContext, StepDeferred, StepFailed, StepSpec, WorkflowSpec
 
 WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
@@ -89,6 +89,8 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
                 return fn(inp, ctx)
         except StepFailed:
             raise
+        except WorktreeBusy as exc:  # another runner's agent, alive if stopped: wait for it, attempts intact
+            raise StepDeferred(exc.message, detail=exc.fix or "") from exc
         except UnsafeIdError as exc:
             raise StepFailed(exc.message, retryable=False) from exc
         except TrackerBusy as exc:

@@ -235,3 +235,28 @@ def test_a_step_outcome_the_full_disk_refused_is_recorded_once_space_is_back(tmp
     assert refusals["left"] == 0
     assert view.status == "succeeded" and [s.status for s in view.steps] == ["succeeded"] * 3
     assert [c[1] for c in calls] == ["a", "b", "c"]  # each step ran once: only its record was retried
+
+
+def test_a_deferred_step_waits_without_spending_an_attempt(tmp_path):
+    """Issue 17 item 11: a worktree held by another runner's (stopped) agent defers the step; it is
+    tried again later, never failed for it, whatever the number of attempts."""
+    from workflows.spec import StepDeferred
+
+    held = {"times": 3}
+
+    def busy_then_free(inp: Inp, ctx) -> Out:
+        if held["times"] > 0:
+            held["times"] -= 1
+            raise StepDeferred("another runner still works in the worktree", delay=0.05)
+        return Out(value="done")
+
+    flow = WorkflowSpec(name="defer", input=Inp, steps=(StepSpec("only", busy_then_free, Out),),
+                        key=lambda inp: inp.key)
+    eng = LocalEngine(tmp_path / "state.db", flow, retry=RetryPolicy(attempts=1, backoff=0.05))
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="held"))
+        view = eng.wait(run_id, timeout=60)
+    finally:
+        eng.stop()
+    assert held["times"] == 0 and view.status == "succeeded"
