@@ -92,19 +92,21 @@ class Change:
             out: dict[str, list[tuple[int, str]]] = {}
             tracked = [f for f in self.files if f.status != "D" and not isinstance(f, _Untracked)]
             if tracked:
-                # --text: what .gitattributes marks binary or -diff is shown all the same.
+                # --text: what .gitattributes marks binary or -diff is shown all the same. Binary content
+                # is left out of the patch (it could be huge): untracked_chunks reads it in bounded chunks.
+                skip = [f":(exclude,literal){f.path}" for f in tracked if f.binary]
                 patch = git(self.workdir, "diff", "--no-renames", "--no-color", "--no-ext-diff", "--no-textconv",
-                            "--text", "-U0", self.base, "--")
+                            "--text", "-U0", self.base, "--", ".", *skip)
                 out.update(_parse_added(patch))
             self._added_lines = out
         return self._added_lines
 
     def untracked_chunks(self) -> Iterator[tuple[str, int, str]]:
-        """(path, number of the chunk's first line, text) of every new untracked regular file, all of it,
-        in overlapping chunks (bounded memory, whatever the size; NUL bytes or not). Symlinks are never
-        followed."""
+        """(path, number of the chunk's first line, text) of every new untracked regular file and every
+        changed binary one, all of it, in overlapping chunks (bounded memory, whatever the size; NUL
+        bytes or not). Symlinks are never followed."""
         for f in self.files:
-            if isinstance(f, _Untracked) and f.kind == "file":
+            if f.kind == "file" and (isinstance(f, _Untracked) or f.binary):
                 newlines = 0  # in the bytes before this chunk's new part
                 for carried, chunk in _chunks(self.workdir / f.path, None, OVERLAP):
                     first_line = 1 + newlines - chunk[:carried].count(b"\n")

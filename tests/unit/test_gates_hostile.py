@@ -133,3 +133,12 @@ def test_binary_byproducts_of_the_gates_are_not_refused(wt: Path) -> None:
     (wt / ".coverage").write_bytes(b"SQLite format 3\0")
     write(wt, {"src/app.py": "x = 2\n"})
     assert run(content_gate(), wt).status == "pass"
+
+
+def test_a_secret_in_a_changed_binary_file_is_found_without_reading_it_whole_into_a_patch(wt: Path) -> None:
+    (wt / "blob.bin").write_bytes(b"\0old\n")
+    commit_all(wt, "a binary")
+    subprocess.run(["git", "-C", str(wt), "update-ref", "refs/heads/main", "HEAD"], check=True)
+    (wt / "blob.bin").write_bytes(b"\0" * 10 + bytes(range(256)) * 4000 + f"\nkey = {AWS_KEY_ID}\n".encode())
+    report = run(secrets_gate(), wt)
+    assert report.status == "fail" and report.findings[0].startswith("blob.bin:")
