@@ -113,13 +113,14 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     if dry_run:
         _dry_run(svc)
         return
-    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
     if svc.config.engine.kind == "hatchet":
         from workflows.hatchet import start_with_hatchet
 
+        # Only submits: the steps run on `beads-runner worker`, which enters the sandbox itself.
         sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
     from beads_runner.daemon import Runner
 
+    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
     _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
     _preflight(svc)
