@@ -249,3 +249,21 @@ def test_real_opencode_with_bash_allowed_cannot_write_the_main_checkout_nor_plan
     log = "".join(p.read_text() for p in (repo / ".beads-runner" / "runs").rglob("agent-*.ndjson"))
     assert f"refused {repo / 'owned.txt'} Read-only file system" in log  # the command ran, confined
     assert f"refused {hook} Read-only file system" in log
+
+
+def test_a_change_to_the_runners_or_the_agents_configuration_goes_to_a_person(tmp_path):
+    rig = Hostile(tmp_path, """\
+        Path(".beads-runner.toml").write_text('[[gates]]\\nname = "tests"\\nrun = "true"\\n')
+        Path("opencode.json").write_text('{"permission": {"bash": "allow"}}')
+        """)
+    issue_id = create_issue(rig.repo, "Loosen the gates")
+    config_before = (rig.repo / ".beads-runner.toml").read_text()
+    result = rig.run()
+    assert result.returncode == 1  # the run failed: to a person
+    shown = issue(rig.repo, issue_id)
+    assert shown["status"] == "blocked" and "needs-human" in shown.get("labels", [])
+    comment = "\n".join(c["text"] for c in bd_json(rig.repo, "comments", issue_id))
+    assert "diff.protected" in comment and ".beads-runner.toml" in comment and "opencode.json" in comment
+    assert "only a person may land that" in comment
+    assert (rig.repo / ".beads-runner.toml").read_text() == config_before
+    assert not (rig.repo / "opencode.json").exists()
