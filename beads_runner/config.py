@@ -30,6 +30,7 @@ STATE_DIR = ".beads-runner"
 STATE_DB = "state.db"  # the embedded engine's database, in STATE_DIR
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 30 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -45,6 +46,9 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
     if seconds <= 0:
         raise ValueError("a positive duration (\"30s\", \"5m\", \"1h\"); zero or negative is not allowed")
+    if seconds > MAX_DURATION:
+        # Beyond this, timers overflow (OverflowError from a thread's wait) long before anyone waits.
+        raise ValueError(f"a duration of at most {MAX_DURATION / 86400:g} days")
     return seconds
 
 
@@ -74,6 +78,9 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+    # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
+    # opencode's data, cache and state directories are always writable.
+    writable: list[str] = Field(default_factory=list)
 
     @field_validator("model")
     @classmethod
@@ -213,6 +220,8 @@ class DiffConfig(_Section):
     forbidden: Globs = Field(default_factory=list)  # added to .beads/**, .beads-runner/**, .git/**
     secrets: StrictBool = True  # no added private key, .env file or token
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
+    max_bytes: StrictInt | None = Field(None, ge=1)  # bytes added (new files whole, added lines); unset: no limit
+    binary_allow: Globs = Field(default_factory=list)  # binary files that may land (e.g. "docs/**/*.png")
 
 
 LABEL = r"^[A-Za-z0-9_.:/-]+$"
@@ -232,6 +241,9 @@ class YardstickConfig(_Section):
 
 
 class Config(_Section):
+    # How agent sessions and gates are confined (beads_runner/sandbox.py): "auto" and "bwrap" need
+    # bubblewrap (`start` refuses without it); "off" runs them unconfined.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

@@ -85,15 +85,22 @@ def run_checks(repo: Path) -> list[Check]:
     checks.append(_attempt("engine", engine_check))
 
     def gates_check() -> str:
-        import shutil
-
         if not config.gates:
             return "no gates configured (add [[gates]] so work is checked before it lands)"
-        missing = [g.name for g in config.gates if shutil.which(g.argv[0]) is None and not Path(g.argv[0]).exists()]
+        from quality_gates.gates import missing_commands
+
+        missing = missing_commands(svc.gates, repo)
         if missing:
             raise RunnerError(f"gate command not found for: {', '.join(missing)}",
                               fix="install the tool or correct its `run` in .beads-runner.toml")
         return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
 
     checks.append(_attempt("gates", gates_check))
+
+    def sandbox_check() -> str:
+        from beads_runner import sandbox
+
+        return sandbox.resolve(config.sandbox, repo).describe()
+
+    checks.append(_attempt("sandbox", sandbox_check))
     return checks

@@ -14,6 +14,8 @@ TEMPLATE = """\
 # beads-runner configuration. Every key is optional; the values shown are the defaults.
 # Durations: "90s", "5m", "1h" (plain numbers are seconds).
 
+sandbox = "auto"          # agents and gates under bubblewrap (apt-get install bubblewrap); "off": unconfined
+
 [tracker]
 kind = "{tracker_kind}"          # "bd": the bd CLI; "jsonl": .beads/issues.jsonl in beads' export format
 command = "bd"            # the bd executable (name on PATH or a path)
@@ -29,6 +31,7 @@ timeout = "30m"           # wall-clock limit of one session
 stall_timeout = "5m"      # no event from the agent for this long: kill it and retry
 # args = []               # extra arguments for the agent
 # env = {{}}                # extra environment for the agent
+# writable = []           # directories the agent may write besides its worktree (in the sandbox)
 
 [engine]
 kind = "local"            # "local" (embedded, state in .beads-runner/state.db) or "hatchet"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from beads_runner import costs
+from beads_runner import costs, safe_text
 from beads_runner.errors import RunnerError
 from beads_runner.logs import short_run_id
 from beads_runner.services import Services
@@ -40,8 +40,7 @@ def _engine(svc: Services):
 
 
 def one_line(text: Any, limit: int = 160) -> str:
-    line = " ".join(("" if text is None else str(text)).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return safe_text.one_line(text, limit)  # no control characters: titles and reasons are untrusted
 
 
 # --- runs as data ----------------------------------------------------------------------------------
@@ -419,7 +418,7 @@ def stream_logs(svc: Services, ref: str, follow: bool = False, as_json: bool = F
     run = _find_run(engine, ref)
     if not as_json:
         title = _title(run)
-        yield f"run {run.id}  issue {run.key}" + (f": {title}" if title else "") + f"  ({run.status})"
+        yield f"run {run.id}  issue {run.key}" + (f": {one_line(title, 200)}" if title else "") + f"  ({run.status})"
     if follow and hasattr(engine, "stream"):
         # Hatchet: the steps run on workers; their events come on the run's stream.
         for ev in engine.stream(run.id):
@@ -503,7 +502,8 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
         run = engine.get_run(run_id) if engine and run_id else None
         if run is not None:
             d = _run_dict(engine, run, svc.state_dir)
-            tries = sum(1 for a in d["attempts"] if a["step"] == PROCESS and a["status"] != "interrupted")
+            tries = sum(1 for a in d["attempts"]
+                        if a["step"] == PROCESS and a["status"] not in ("interrupted", "deferred"))
             entry.update(title=d["title"] or title, duration_s=d["elapsed_s"], tokens=d["tokens"], cost=d["cost"],
                          attempts=tries)
         commits.append(entry)
@@ -523,7 +523,7 @@ def render_review(data: dict[str, Any]) -> str:
                      + (f" for {data['issue_id']}" if data.get("issue_id") else "")
                      + " (looked for the Beads-Issue trailer)")
     for c in commits:
-        lines.append(f"{c['sha'][:10]}  {c['issue_id']:<14} {c['title']}")
+        lines.append(f"{c['sha'][:10]}  {c['issue_id']:<14} {one_line(c['title'], 200)}")
         details = [f"gates: {c['gates'] or '-'}", f"agent: {c['agent'] or '-'}"]
         if c["duration_s"] is not None:
             details += [f"{c['attempts']} attempt(s)", f"took {_ago(c['duration_s'])}", f"{c['tokens']:,} tokens",

@@ -24,13 +24,14 @@ from beads_runner.errors import (
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
 from beads_runner.reconcile import IssueWatch, check_issue
+from beads_runner.safe_text import one_line
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
-from beads_runner.workspace import LandingRefused, trailer_message
+from beads_runner.workspace import LandingRefused, WorktreeBusy, cancel_with, trailer_message
 from quality_gates import GateInput, SuiteReport, run_suite
 from quality_gates.test_integrity import collected_check
 from quality_gates.yardstick import allow_by_labels, handover_reason, moved_yardstick
-from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import StepContext, StepDeferred, StepFailed, StepSpec, WorkflowSpec
 
 WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
@@ -113,9 +114,12 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
     @functools.wraps(fn)
     def wrapper(inp: TaskInput, ctx: StepContext) -> BaseModel:
         try:
-            return fn(inp, ctx)
+            with cancel_with(ctx.cancel):  # the step's timeout or a stop ends a git call blocked in it
+                return fn(inp, ctx)
         except StepFailed:
             raise
+        except WorktreeBusy as exc:  # another runner's agent, alive if stopped: wait for it, attempts intact
+            raise StepDeferred(exc.message, detail=exc.fix or "") from exc
         except UnsafeIdError as exc:
             raise StepFailed(exc.message, retryable=False) from exc
         except TrackerBusy as exc:
@@ -213,7 +217,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     watch = IssueWatch(svc.tracker, issue.id, interval=svc.config.tracker.poll_interval, cancel=ctx.cancel)
     if watch.check_now():  # a person took it while the run waited for a session
         return _superseded(ctx, watch.reason)
-    with watch:
+    with svc.workspace.worktree_lock(issue.id), watch:  # one worktree, one agent
         try:
             return _process(inp, ctx, svc, issue, watch)
         except StepFailed:
@@ -244,7 +248,7 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
                        + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
     request = SessionRequest(
         issue_id=issue.id, prompt=prompt, workdir=worktree, session_id=resume_id,
-        title=f"{issue.id}: {issue.title}"[:120],
+        title=one_line(f"{issue.id}: {issue.title}", 120),
         log_path=svc.run_dir(ctx.run_id) / f"agent-{ctx.attempt}.ndjson",
     )
     seen = {"session": resume_id, "edited": False}
@@ -359,6 +363,12 @@ def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     svc = _services(inp)
     # (No tracker read here: commit reads the issue right before landing, one call per run less.)
     deps: CheckDepsOutput = ctx.parent("check-deps")
+    with svc.workspace.worktree_lock(inp.issue_id):
+        return _verify(svc, inp, proc, deps, ctx)
+
+
+def _verify(svc: Services, inp: TaskInput, proc: ProcessOutput, deps: CheckDepsOutput,
+            ctx: StepContext) -> VerifyOutput:
     worktree = svc.workspace.ensure_worktree(inp.issue_id)
     if proc.gate_report is not None and proc.gated_tree == svc.workspace.tree_id(inp.issue_id):
         # The runner itself ran these gates on exactly this tree moments ago, in the fix loop.

@@ -123,6 +123,18 @@ class OpenCodeAgent:
         data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return str(Path(data) / "opencode" / "opencode.db")
 
+    def writable_dirs(self) -> list[Path]:
+        """What opencode writes besides the worktree (its database, logs, snapshots, caches), so the
+        sandbox lets it; plus agent.writable."""
+        env = self._env()
+        home = Path(env.get("HOME") or Path.home())
+        dirs = [Path(env.get(var) or home / default) / "opencode" for var, default in (
+            ("XDG_DATA_HOME", ".local/share"), ("XDG_CACHE_HOME", ".cache"), ("XDG_STATE_HOME", ".local/state"),
+            ("XDG_CONFIG_HOME", ".config"))]  # opencode writes there too (a .gitignore, its plugins)
+        if env.get("OPENCODE_DB"):
+            dirs.append(Path(env["OPENCODE_DB"]).parent)
+        return dirs + [self.repo_root / Path(p).expanduser() for p in self.config.writable]
+
     def run(self, request: SessionRequest, *, cancel: threading.Event | None = None,
             on_event: EventCallback | None = None) -> SessionResult:
         exe = self.resolve_executable()
@@ -157,7 +169,7 @@ class OpenCodeAgent:
             outcome = run_supervised(
                 argv, cwd=request.workdir, env=self._env(), stdin_text=request.prompt,
                 timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=stop,
-                on_stdout=on_stdout, stall_on_stderr=False,
+                on_stdout=on_stdout, stall_on_stderr=False, writable=self.writable_dirs(),
             )
         except OSError as exc:
             raise AgentUnavailable(f"cannot start {exe}: {exc}", fix=INSTALL_FIX) from None
