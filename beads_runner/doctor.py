@@ -84,6 +84,19 @@ def run_checks(repo: Path) -> list[Check]:
 
     checks.append(_attempt("engine", engine_check))
 
+    if config.engine.kind == "hatchet" and config.land.push:
+        def shared_tracker_check() -> str:
+            # Several machines (land.push) work one backlog only if they all read and claim in one tracker.
+            if config.tracker.kind == "jsonl":
+                raise RunnerError("land.push = true (several machines) with the jsonl tracker: each clone has its "
+                                  "own .beads/issues.jsonl, so two machines can claim the same issue",
+                                  fix="use bd with one shared database (bd's server mode, or a Dolt remote every "
+                                      "machine syncs), or run start and all workers on one machine (land.push = false)")
+            return ("bd: every machine must reach the same bd database (bd's server mode or a shared Dolt remote); "
+                    "claims are read back, so a stale copy loses the claim rather than working an issue twice")
+
+        checks.append(_attempt("shared tracker", shared_tracker_check))
+
     def gates_check() -> str:
         if not config.gates:
             return "no gates configured (add [[gates]] so work is checked before it lands)"
