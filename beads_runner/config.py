@@ -66,6 +66,9 @@ class TrackerConfig(_Section):
 
 class AgentConfig(_Section):
     kind: Literal["opencode", "command"] = "opencode"
+    # opencode only: "run" = one `opencode run` process per session; "server" = one `opencode serve`
+    # per runner process, sessions over its HTTP API (no start-up cost per session)
+    mode: Literal["run", "server"] = "run"
     command: str | None = None  # opencode: PATH, then node_modules/.bin/opencode. command: required.
     args: list[str] = Field(default_factory=list)  # extra arguments for the executable
     model: str = ""  # provider/model, passed as --model

@@ -83,6 +83,7 @@ class SessionEvents:
     events: int = 0  # JSON events parsed (any type)
     garbage: int = 0  # non-empty lines that were not a JSON object
     unknown: int = 0  # events of a type this parser does not know
+    provider_retries: int = 0  # provider_retry events (agent.mode = "server")
 
     def feed(self, line: str | bytes) -> dict[str, Any] | None:
         """Take one line; return the parsed event (None for blank or garbage lines)."""
@@ -130,6 +131,8 @@ class SessionEvents:
             self.cost += cost
         elif kind == "error":
             self.error = _parse_error(event.get("error"))
+        elif kind == "provider_retry":  # agent.mode = "server": opencode retries the provider
+            self.provider_retries += 1
         elif kind != "step_start":
             self.unknown += 1
 
