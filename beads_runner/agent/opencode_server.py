@@ -386,11 +386,11 @@ class EventStream:
     def close(self) -> None:
         self._closed.set()
         try:
-            self._response.shutdown()
+            self._response.shutdown()  # wakes the reader blocked in a read
         except Exception:
             pass
-        self._response.release_conn()
         self._thread.join(5.0)
+        self._response.release_conn()
 
 
 @dataclass
