@@ -53,10 +53,10 @@ def agents():
         agent.close()
 
 
-def _agent(model: ScriptedModelServer, tmp_path: Path, agents: list, **config) -> OpenCodeServerAgent:
+def _agent(scripted: ScriptedModelServer, tmp_path: Path, agents: list, **config) -> OpenCodeServerAgent:
     marker = tmp_path / "opencode-home"
     env = {
-        **model.opencode_env(),
+        **scripted.opencode_env(),
         "XDG_DATA_HOME": str(marker / "data"),
         "XDG_STATE_HOME": str(marker / "state"),
         "XDG_CONFIG_HOME": str(marker / "config"),
@@ -273,3 +273,11 @@ def test_permission_that_would_ask_is_denied_not_waited_on(model, repo, tmp_path
     assert not result.stalled and not result.timed_out
     assert not Path(OUTSIDE).exists()
     assert "tool write failed" in result.output_tail
+
+
+def test_unknown_model_fails_at_once_and_is_not_retried(model, repo, tmp_path, agents):  # noqa: F811
+    agent = _agent(model, tmp_path, agents, model="scripted/no-such-model", stall_timeout=30)
+    result = agent.run(_request(repo, "Work on issue demo-1: add hello.py"))
+    assert not result.ok and not result.stalled
+    assert not result.retryable, result.reason
+    assert "Model not found: scripted/no-such-model" in result.reason and "check agent.model" in result.reason

@@ -118,3 +118,12 @@ def test_the_users_opencode_permission_wins_and_ask_reads_as_deny():
     assert _decide(rules, "read") == "allow"
     assert permission_rules("not json") == permission_rules(None)
     assert all(r["action"] == "deny" for r in permission_rules('"ask"')[-1:])
+
+
+def test_the_servers_model_not_found_is_a_configuration_error_not_retried():
+    events = SessionEvents()
+    events.add({"type": "error", "error": {"name": "UnknownError",
+                                           "data": {"message": "Model not found: scripted/nope."}}})
+    verdict = events.verdict(0)
+    assert not verdict.ok and not verdict.retryable
+    assert verdict.reason == "opencode error (UnknownError): Model not found: scripted/nope. (check agent.model)"
