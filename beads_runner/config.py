@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -77,6 +78,13 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_needs_opencode(cls, value: str, info: ValidationInfo) -> str:
+        if value == "server" and info.data.get("kind") == "command":
+            raise ValueError('"run" when agent.kind is "command" (the server mode is opencode\'s)')
+        return value
 
     @field_validator("model")
     @classmethod
