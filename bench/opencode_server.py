@@ -6,8 +6,8 @@ seconds (4 s: each session makes two requests, so 8 s of model time a session).
 
 1. CPU per session. The same sessions one at a time through the agent object, in fresh worktrees:
    `run` mode = CPU of each reaped `opencode run` process tree (getrusage RUSAGE_CHILDREN deltas);
-   `server` mode = CPU the `opencode serve` process tree spent during each session
-   (/proc/<pid>/stat utime+stime+cutime+cstime deltas), its start-up CPU reported apart. Both add
+   `server` mode = CPU the server's process group (`opencode serve` and its watchdog) spent during
+   each session (/proc/<pid>/stat utime+stime+cutime+cstime deltas), its start-up CPU reported apart. Both add
    this process's own CPU (time.process_time(): the agent's supervision or HTTP/SSE threads; the
    model runs in another process).
 2. Throughput. Nine independent issues: the sequential loop (bench/baseline.py: `bd ready` →
@@ -84,10 +84,20 @@ def script(ids: list[str], delay: float) -> dict:
         "fallback": {"text": "No scripted answer; nothing done."}}
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a live process and its reaped descendants (utime+stime+cutime+cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+def tree_cpu(pgid: int) -> float:
+    """CPU seconds of the live processes of a process group and their reaped descendants
+    (utime+stime+cutime+cstime): the server's watchdog and `opencode serve` under it."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
 
 
 def median(values: list[float]) -> float | None:

@@ -17,6 +17,7 @@ import queue
 import re
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -42,6 +43,27 @@ STREAM_READ_TIMEOUT = 45.0  # the server sends `server.heartbeat` every 10 s: si
 TICK = 0.1
 MAX_INSTANCES = 6  # worktrees the server keeps loaded; the least recently used idle ones are disposed
 _LISTENING = re.compile(r"listening on (http://[^\s]+)")
+
+# `opencode serve` runs under this watchdog, which leads its process group. The watchdog's stdin is
+# a pipe whose other end only the runner holds: when the runner dies, even by SIGKILL, the pipe
+# reads EOF and the watchdog ends the group. So a server never outlives its runner (procreg's
+# reaping covers what a watchdog could not, on the next start). The group's SIGTERM is for opencode:
+# the watchdog ignores it and leaves when opencode has.
+WATCHDOG = """
+import os, signal, subprocess, sys, threading, time
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def orphaned():
+    while sys.stdin.buffer.read(65536):
+        pass
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(3)
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=orphaned, daemon=True).start()
+code = child.wait()
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 
 class ServerGone(Exception):
@@ -101,9 +123,10 @@ class OpenCodeServer:
     def _start_locked(self) -> Endpoint:
         password = secrets.token_urlsafe(24)
         env = {**self.env, "OPENCODE_SERVER_PASSWORD": password, "OPENCODE_SERVER_USERNAME": "opencode"}
-        argv = [self.exe, "serve", "--hostname", "127.0.0.1", "--port", "0", *self.args]
+        argv = [sys.executable, "-I", "-c", WATCHDOG,
+                self.exe, "serve", "--hostname", "127.0.0.1", "--port", "0", *self.args]
         try:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         except OSError as exc:
             raise AgentUnavailable(f"cannot start {self.exe} serve: {exc}", fix=INSTALL_FIX) from None
@@ -151,7 +174,7 @@ class OpenCodeServer:
         proc, self._proc, self._endpoint = self._proc, None, None
         if proc is not None:
             procreg.kill_group(proc, grace)
-            for pipe in (proc.stdout, proc.stderr):
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 try:
                     if pipe is not None:
                         pipe.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -281,3 +282,35 @@ def test_unknown_model_fails_at_once_and_is_not_retried(model, repo, tmp_path, a
     assert not result.ok and not result.stalled
     assert not result.retryable, result.reason
     assert "Model not found: scripted/no-such-model" in result.reason and "check agent.model" in result.reason
+
+
+RUNNER = """
+import os, sys, time
+from beads_runner.agent.opencode_serve import OpenCodeServer
+server = OpenCodeServer(sys.argv[1], dict(os.environ), [])
+server.ensure()
+print("PGID", server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_does_not_outlive_its_runner_killed_with_sigkill(model, tmp_path):
+    env = {**os.environ, **model.opencode_env(), "XDG_DATA_HOME": str(tmp_path / "opencode-home" / "data"),
+           "XDG_STATE_HOME": str(tmp_path / "opencode-home" / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "opencode-home" / "config")}
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(OPENCODE)], env=env, stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        line = b""
+        while not line.startswith(b"PGID"):  # structlog's lines come first
+            line = runner.stdout.readline()
+            assert line, "the runner ended before its server started"
+        pgid = int(line.split()[1])
+        assert [p for p in _opencode_pids(tmp_path) if _pgid(p) == pgid and p != runner.pid]
+    finally:
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + 20
+    while [p for p in _opencode_pids(tmp_path) if _pgid(p) == pgid] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _opencode_pids(tmp_path) == []  # the watchdog saw its runner go and ended the server
