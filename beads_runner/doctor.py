@@ -61,7 +61,8 @@ def run_checks(repo: Path) -> list[Check]:
         exe = agent.resolve_executable() if hasattr(agent, "resolve_executable") else config.agent.command
         version = agent.version() if hasattr(agent, "version") else "?"
         model = config.agent.model or "(opencode's default model)"
-        return f"{config.agent.kind} {version} at {exe}; model {model}"
+        mode = f" (mode {config.agent.mode})" if config.agent.kind == "opencode" else ""
+        return f"{config.agent.kind} {version} at {exe}{mode}; model {model}"
 
     checks.append(_attempt("agent", agent_check))
 

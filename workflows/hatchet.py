@@ -916,7 +916,8 @@ class HatchetRunner(Runner):
                         and not self.engine.active_run(view.key):
                     tracker.comment(view.key, f"beads-runner: its Hatchet run {view.id} was cancelled (through the "
                                               "API or dashboard, or by a schedule timeout), so nothing landed; the "
-                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run it again.")
+                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run "
+                                              "it again.")
                     tracker.hand_to_human(view.key)
                     handed.append(view.key)
                     log.warning("run was cancelled; handed the issue to a person", issue_id=view.key, run_id=view.id)

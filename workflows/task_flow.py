@@ -259,6 +259,9 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
             seen["session"] = sid
             memory.save(session_id=sid, run_id=ctx.run_id, last_reason=None)
             ctx.note(session_id=sid)
+        if event.get("type") == "provider_retry":  # agent.mode = "server": the provider fails, opencode retries
+            ctx.log("model provider failed, opencode retries", attempt=event.get("attempt"),
+                    message=event.get("message"), next_ms=event.get("next"))
         if event.get("type") == "tool_use" and not seen["edited"]:
             seen["edited"] = True
             failpoint("session-edited")
