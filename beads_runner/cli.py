@@ -68,6 +68,11 @@ class _Group(click.Group):
 def main(ctx: click.Context, repo: str | None, verbose: bool) -> None:
     """Turn ready beads issues into landed, gated commits written by OpenCode."""
     ctx.ensure_object(dict)
+    # Until a command configures logging (start, worker), warnings go to stderr, never into the
+    # output a script reads (status --json, logs --json).
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     ctx.obj["repo"] = _repo_root(repo)
     ctx.obj["verbose"] = verbose
 

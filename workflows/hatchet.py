@@ -77,6 +77,14 @@ _STATUS = {"QUEUED": "queued", "RUNNING": "running", "COMPLETED": "succeeded", "
 _ACTIVE = ("queued", "running")
 
 
+def _is_run_id(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+        return True
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
 # --- the client -------------------------------------------------------------------------------------
 def repo_namespace(services: Services | None) -> str:
     """The prefix of this repository's workflow on the engine: `engine.hatchet.namespace`, else
@@ -750,6 +758,8 @@ class HatchetEngine:
                        error=row.error_message, outcome=dict(row.output or {}) or None)
 
     def get_run(self, run_id: str) -> RunView | None:
+        if not _is_run_id(run_id):
+            return None  # an issue id or a short form: Hatchet's run ids are UUIDs
         try:
             details = self.hatchet.runs.get(run_id)
         except Exception as exc:  # noqa: BLE001
@@ -803,8 +813,37 @@ class HatchetEngine:
                 for s in run.steps if s.attempt]
 
     def events(self, run_id: str, after_id: int = 0) -> list[dict[str, Any]]:
-        """No stored events here: the step events travel on the run's stream (see `stream`)."""
-        return []
+        """The run's step events, read back from the engine: each step's `ctx.log` lines (one JSON
+        object each, see HatchetStepContext.log), in time order, numbered so `logs -f` can resume."""
+        if not _is_run_id(run_id):
+            return []
+        try:
+            details = self.hatchet.runs.get(run_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not read a Hatchet run", run_id=run_id, error=str(exc).splitlines()[0])
+            return []
+        out: list[dict[str, Any]] = []
+        for t in details.tasks or []:
+            step = (t.action_id or "").rsplit(":", 1)[-1] or t.display_name
+            task_id = getattr(t, "task_external_id", None) or t.metadata.id
+            try:
+                lines = self.hatchet.logs.list(task_id).rows or []
+            except Exception as exc:  # noqa: BLE001
+                log.debug("could not read a step's logs", run_id=run_id, step=step, error=str(exc).splitlines()[0])
+                continue
+            for line in lines:
+                try:
+                    data = json.loads(line.message)
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    data = {"event": str(line.message)}
+                ts = line.created_at.timestamp() if line.created_at else 0.0
+                out.append({"run_id": run_id, "step": step, "ts": ts, **data})
+        out.sort(key=lambda e: (e["ts"], e["step"]))
+        for n, event in enumerate(out, 1):
+            event["id"] = n
+        return [e for e in out if e["id"] > after_id]
 
     def sessions_in_use(self, key: str) -> int:
         return sum(1 for run in self.runs(statuses=_ACTIVE, limit=1000)

@@ -3,6 +3,7 @@ with two `beads-runner worker` processes, the real opencode and the scripted mod
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,21 @@ def test_demo_scenario_lands_in_dependency_order_across_two_workers(demo_on_hatc
         by_tree.setdefault(cwd, []).append((a, b))
     assert all(max_overlap(v) == 1 for v in by_tree.values()), by_tree
 
+    # status, logs and review read the runs back from the engine, each issue's own and only those
     status = cli(repo, env, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert "demo-div" in status.stdout
+    total_sha = git(repo, "log", "main", "--format=%H", "--grep=Beads-Issue: demo-total$").strip()
+    logs_out = cli(repo, env, "logs", "demo-total", "--json")
+    assert logs_out.returncode == 0, logs_out.stderr
+    lines = logs_out.stdout.splitlines()
+    assert all(line.startswith("{") for line in lines if line.strip()), lines[:5]  # --json: only JSON
+    events = [json.loads(line) for line in lines if line.strip()]
+    engine_events = [e for e in events if e.get("source") == "engine"]
+    assert any(e.get("event") == "landed" and e.get("sha") == total_sha for e in engine_events), events[-5:]
+    assert {e["run_id"] for e in engine_events} == {engine_events[0]["run_id"]}  # one run: demo-total's
+    assert not any(e.get("sha") and e.get("sha") != total_sha for e in engine_events)
+    review = cli(repo, env, "review", "demo-total")
+    assert review.returncode == 0 and total_sha[:8] in review.stdout, review.stdout + review.stderr
+    add_sha = git(repo, "log", "main", "--format=%H", "--grep=Beads-Issue: demo-add$").strip()
+    assert add_sha[:8] not in review.stdout

@@ -20,6 +20,7 @@ NOW = datetime.now(tz=UTC)
 
 def task(name, status_, attempt=1, error=None, output=None):
     return NS(action_id=f"beads-task-execution:{name}", display_name=name, status=NS(value=status_),
+              task_external_id=f"task-{name}",
               attempt=attempt, retry_count=attempt - 1, error_message=error,
               started_at=NOW - timedelta(seconds=30), finished_at=None if status_ == "RUNNING" else NOW,
               output=output)
@@ -33,13 +34,27 @@ def run_row(run_id, issue, status_):
               output=None)
 
 
+R1 = "1b4f0000-0000-4000-8000-000000000001"  # Hatchet run ids are UUIDs
+R2 = "1b4f0000-0000-4000-8000-000000000002"
+
+
+class FakeLogs:
+    """The engine's task logs: what each step sent with ctx.log, one JSON object a line."""
+
+    def list(self, task_run_id):
+        lines = {"task-process": [NS(message=json.dumps({"event": "session starting", "attempt": 2}),
+                                     created_at=NOW - timedelta(seconds=20))],
+                 "task-check-deps": [NS(message="plain text from the SDK", created_at=NOW - timedelta(seconds=40))]}
+        return NS(rows=lines.get(task_run_id, []))
+
+
 class FakeRuns:
     def __init__(self):
         deps = {"proceed": True, "issue": {"id": "bd-1", "title": "Add a thing"}}
         self.details = {
-            "r-1": NS(run=run_row("r-1", "bd-1", "RUNNING"), tasks=[
+            R1: NS(run=run_row(R1, "bd-1", "RUNNING"), tasks=[
                 task("check-deps", "COMPLETED", output=deps), task("process", "RUNNING", attempt=2)]),
-            "r-2": NS(run=run_row("r-2", "bd-2", "COMPLETED"), tasks=[
+            R2: NS(run=run_row(R2, "bd-2", "COMPLETED"), tasks=[
                 task("check-deps", "COMPLETED"), task("process", "COMPLETED"), task("verify", "COMPLETED"),
                 task("commit", "COMPLETED", output={"close_reason": "Landed abcd1234 on main (gates: none)"})]),
         }
@@ -73,7 +88,7 @@ def svc(tmp_path, monkeypatch):
     services = Services(repo, Config.model_validate(
         {"engine": {"kind": "hatchet", "max_sessions": 3, "hatchet": {"namespace": "tviews"}}}))
     runs = FakeRuns()
-    engine = hb.HatchetEngine(NS(runs=runs), workflow=None, services=services)
+    engine = hb.HatchetEngine(NS(runs=runs, logs=FakeLogs()), workflow=None, services=services)
     engine._list_rows = runs.list_and
     monkeypatch.setattr(hb, "hatchet_engine", lambda _svc: engine)
     return services
@@ -90,16 +105,21 @@ def test_status_reads_hatchet_runs_and_counts_sessions(svc):
 
 
 def test_logs_follow_streams_the_step_events(svc):
-    lines = list(status.stream_logs(svc, "r-1", follow=True))
+    lines = list(status.stream_logs(svc, R1, follow=True))
     assert any("session starting" in line and "attempt=2" in line for line in lines)
     assert any("session finished" in line for line in lines)
-    raw = [json.loads(line) for line in status.stream_logs(svc, "r-1", follow=True, as_json=True)]
+    raw = [json.loads(line) for line in status.stream_logs(svc, R1, follow=True, as_json=True)]
     assert [e["event"] for e in raw] == ["session starting", "session finished"]
 
 
 def test_attempts_come_from_the_tasks(svc):
     engine = hb.hatchet_engine(svc)
-    attempts = engine.attempts("r-1")
+    attempts = engine.attempts(R1)
     assert [(a["step"], a["attempt"], a["status"]) for a in attempts] == [
         ("check-deps", 1, "succeeded"), ("process", 2, "running")]
-    assert engine.events("r-1") == []
+    # Step events are read back from the engine's task logs, in time order, numbered for `logs -f`.
+    events = engine.events(R1)
+    assert [(e["id"], e["step"], e["event"]) for e in events] == [
+        (1, "check-deps", "plain text from the SDK"), (2, "process", "session starting")]
+    assert engine.events(R1, after_id=1)[0]["attempt"] == 2
+    assert engine.events("bd-1") == []  # an issue id is no run id: nothing is asked of the engine
