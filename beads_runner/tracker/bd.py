@@ -70,7 +70,8 @@ class BdTracker:
 
     # -- running bd ---------------------------------------------------------------------------
 
-    def _executable(self) -> str:
+    def executable(self) -> str:
+        """The bd executable this tracker runs (tracker.command, resolved), or TrackerUnavailable."""
         command = self.command
         if os.sep in command or (os.altsep and os.altsep in command):
             path = Path(command).expanduser()
@@ -122,7 +123,7 @@ class BdTracker:
     def _run(self, args: Sequence[str], *, tail: Sequence[str] = (), expect_json: bool = True,
              retry_garbage: bool = True, raw: bool = False) -> Any:
         """Run `bd <args> --json --actor <actor> [-- <tail>]`, retrying TrackerBusy a few times."""
-        argv = [self._executable(), *args, "--json", "--actor", self.actor]
+        argv = [self.executable(), *args, "--json", "--actor", self.actor]
         if tail:
             argv += ["--", *tail]
         name = parse.describe_command(["bd", *args, *tail])
@@ -155,6 +156,17 @@ class BdTracker:
         if self._version is None:
             self._version = parse.parse_version(self._run(["version"], raw=True))
         return self._version
+
+    def store_mode(self) -> str:
+        """Where this bd keeps its issues: "embedded" (Dolt in-process, one writer at a time: the
+        runner serialises its calls and retries lock errors) or "server host:port" (a dolt
+        sql-server). From `bd dolt show --json` (bd 1.x); "unknown" on a bd without it."""
+        try:
+            return parse.parse_store_mode(self._run(["dolt", "show"]))
+        except (TrackerUnavailable, TrackerBusy):
+            raise
+        except TrackerError:
+            return "unknown"
 
     def _version_at_least(self, *wanted: int) -> bool:
         try:

@@ -352,6 +352,24 @@ def parse_version(stdout: str) -> str:
                        fix="check that tracker.command points at the beads `bd` executable")
 
 
+def parse_store_mode(data: Any) -> str:
+    """How bd stores issues, from `bd dolt show --json` (or `bd dolt status --json`): "embedded"
+    (in-process Dolt, one writer at a time), "server host:port" (a dolt sql-server), or the
+    backend's own name; "unknown" when the output says neither."""
+    data = unwrap(data)
+    if not isinstance(data, dict):
+        return "unknown"
+    embedded = data.get("embedded")
+    mode = data.get("mode")
+    if embedded is True or mode == "embedded":
+        return "embedded"
+    if embedded is False or mode in ("server", "external", "managed"):
+        where = f"{data['host']}:{data['port']}" if data.get("host") and data.get("port") else ""
+        return f"server {where}".strip()
+    backend = data.get("backend")
+    return str(backend) if isinstance(backend, str) and backend else "unknown"
+
+
 def version_tuple(version: str) -> tuple[int, int, int]:
     """"1.0.3" → (1, 0, 3); unparseable → (0, 0, 0)."""
     m = _VERSION.search(version or "")
