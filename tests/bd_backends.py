@@ -118,8 +118,11 @@ class BdBackend:
 
 
 def real_store_lock_file(repo: Path) -> Path:
-    """The real bd's store lock: filled in once the real bd shows which file it locks."""
-    raise NotImplementedError
+    """The real bd's store lock: embedded Dolt's `noms/LOCK` of the workspace's one database. While
+    another process holds it, bd v1.0.5 waits (Dolt retries the open with backoff, no deadline)."""
+    found = sorted((repo / ".beads" / "embeddeddolt").glob("*/.dolt/noms/LOCK"))
+    assert len(found) == 1, f"expected one embedded Dolt database under {repo}/.beads, found {found}"
+    return found[0]
 
 
 def real_bd_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -241,6 +241,11 @@ class BdTracker:
 
     def close(self, issue_id: str, reason: str) -> Issue:
         issue_id = self._id(issue_id)
+        # bd closes a closed issue again, replacing its reason and closed_at (v1.0.5): read first,
+        # so a close the runner repeats after a crash, or a person's own close, keeps its reason.
+        current = self.show(issue_id)
+        if current.status == "closed":
+            return current
         args = ["close", issue_id, "--reason", reason]
         name = parse.describe_command(["bd", *args])
         try:

@@ -24,14 +24,24 @@ ACTOR = "runner"
 # What the stand-in does differently from the real bd v1.0.5, on purpose (it is not a copy of
 # beads): none of it is something the runner relies on, and each line says why it may differ.
 DIFFERENCES = """
-- storage: the stand-in keeps issues in .beads/issues.jsonl (beads' export format) behind one
-  fcntl lock; the real bd keeps them in embedded Dolt (.beads/embeddeddolt/).
-- ids: both print <prefix>-<base36 hash>; the lengths differ. The runner treats ids as opaque.
-- extra fields: the real bd prints more fields (owner, created_by, ...); the runner ignores
-  unknown fields.
-- lock contention: the real bd waits for the store (Dolt retries its open with backoff); the
-  stand-in waits on its flock, or fails at once with "database is locked" when
-  BD_STANDIN_LOCK=fail (fault injection of the lock errors older bds printed).
+What the suite found the stand-in doing differently from the real bd v1.0.5, now fixed in it:
+- re-closing a closed issue: the real bd closes it again, replacing close_reason and closed_at (the
+  stand-in kept the first); BdTracker.close now reads first, so the first reason stays for both.
+- a `blocks` dependency between an epic and a non-epic: the real bd refuses it ("epics can only
+  block other epics, not tasks" / "tasks can only block other tasks, not epics").
+- per-id failures of update and close (a claim held by another, open blockers, a missing id) go to
+  stderr as plain text, exit 1 when no id succeeded; a missing id's words differ by command.
+- `bd label add` of a missing id exits 0 with `[]`; `bd init` takes --skip-hooks/--skip-agents.
+What still differs, on purpose (the runner relies on none of it):
+- storage: the stand-in keeps issues in .beads/issues.jsonl (beads' export format) under one fcntl
+  lock; the real bd keeps them in embedded Dolt (.beads/embeddeddolt/), and `bd init` also stages
+  .beads/ files and .gitignore in git.
+- ids: both print <prefix>-<base36>; the real bd's are shorter (tt-28h). Ids are opaque to the runner.
+- extra fields: the real bd prints more (created_by, ...); the runner ignores unknown fields.
+- lock contention: the real bd waits for the store (Dolt retries its open with backoff, without a
+  deadline); the stand-in waits on its flock, or, with BD_STANDIN_LOCK=fail, fails at once with
+  "database is locked" (fault injection of the lock errors bd printed before 1.0).
+- speed: a real bd call takes ~0.1-0.3 s (it opens the Dolt store each time), the stand-in ~0.05 s.
 """
 
 
@@ -93,17 +103,27 @@ def test_epics_and_infrastructure_types_are_never_offered(bd: BdBackend, repo: P
 
 
 def test_a_child_of_a_blocked_epic_waits_for_the_epics_blocker(bd: BdBackend, repo: Path):
-    blocker = bd.create(repo, "blocker", "-p", "3")
-    epic = bd.create(repo, "epic", "-t", "epic")
-    child = bd.create(repo, "child", "--parent", epic, "-p", "0")
-    bd.run(repo, "dep", "add", epic, blocker)
+    first = bd.create(repo, "first milestone", "-t", "epic", "-p", "0")
+    second = bd.create(repo, "second milestone", "-t", "epic")
+    child = bd.create(repo, "child", "--parent", second, "-p", "0")
+    bd.run(repo, "dep", "add", second, first)  # epics block epics only (bd refuses an epic-task block)
     tracker = bd.tracker(repo)
-    assert ids(tracker.ready()) == [blocker]
-    assert tracker.show(child).parent == epic
+    assert ids(tracker.ready()) == []
+    assert tracker.show(child).parent == second
 
-    tracker.close(blocker, "done")
+    tracker.close(first, "done")
 
     assert ids(tracker.ready()) == [child]
+
+
+def test_blocks_joins_two_epics_or_two_tasks_never_an_epic_and_a_task(bd: BdBackend, repo: Path):
+    epic = bd.create(repo, "epic", "-t", "epic")
+    task = bd.create(repo, "task")
+
+    for blocked, blocker in ((epic, task), (task, epic)):
+        refused = bd.run(repo, "dep", "add", blocked, blocker, check=False)
+        assert refused.returncode == 1 and "can only block other" in refused.stderr
+    assert bd.run(repo, "dep", "add", task, epic, "--type", "related", check=False).returncode == 0
 
 
 def test_ready_limit_truncates_in_order_and_zero_means_all(bd: BdBackend, repo: Path):
@@ -113,7 +133,8 @@ def test_ready_limit_truncates_in_order_and_zero_means_all(bd: BdBackend, repo: 
     assert ids(tracker.ready(limit=2)) == [made[1], made[3]]
     assert ids(tracker.ready(limit=0)) == [made[1], made[3], made[2], made[0]]
     raw = bd.run(repo, "ready", "--limit", "1", "--json")
-    assert [issue["id"] for issue in json.loads(raw.stdout)] == [made[1]]  # any notice goes to stderr
+    assert [issue["id"] for issue in json.loads(raw.stdout)] == [made[1]]
+    assert raw.stderr.startswith("Showing 1 of 4 ready issues.")  # the notice never mixes into the JSON
 
 
 def test_nothing_ready_is_an_empty_list(bd: BdBackend, repo: Path):
@@ -166,6 +187,10 @@ def test_update_claim_is_ours_again_but_refused_to_another_actor(bd: BdBackend, 
     assert raw.returncode == 1
     assert f"already claimed by {ACTOR}" in raw.stderr
     assert bd.show(repo, issue)["assignee"] == ACTOR
+    bd.run(repo, "close", issue, "--reason", "done", "--json")
+    closed = bd.run(repo, "update", issue, "--claim", "--json", actor=ACTOR, check=False)
+    assert closed.returncode == 1
+    assert closed.stderr.strip() == f"Error claiming {issue}: issue not claimable: status closed"
 
 
 def test_update_claim_does_not_check_blockers_so_check_deps_must(bd: BdBackend, repo: Path):
@@ -289,6 +314,16 @@ def test_close_with_a_reason_is_read_back_and_a_second_close_is_no_error(bd: BdB
     assert issue not in ids(tracker.ready())
 
 
+def test_a_closed_issue_keeps_its_first_reason_though_bd_itself_would_replace_it(bd: BdBackend, repo: Path):
+    by_person = bd.create(repo, "closed by a person")
+    bd.run(repo, "close", by_person, "--reason", "done by hand", "--json")
+
+    assert bd.tracker(repo).close(by_person, "Landed 0123abcd on main").close_reason == "done by hand"
+    assert bd.show(repo, by_person)["close_reason"] == "done by hand"
+    bd.run(repo, "close", by_person, "--reason", "closed again", "--json")  # raw bd: closes again
+    assert bd.show(repo, by_person)["close_reason"] == "closed again"
+
+
 def test_close_is_refused_while_a_blocker_is_open(bd: BdBackend, repo: Path):
     blocker = bd.create(repo, "blocker")
     blocked = bd.create(repo, "blocked", "--deps", blocker)
@@ -324,10 +359,27 @@ def test_a_missing_id_is_issue_not_found_for_every_call(bd: BdBackend, repo: Pat
         except IssueNotFound:
             continue
         pytest.fail(f"{name} of a missing id did not raise IssueNotFound")
-    raw = bd.run(repo, "show", missing, "--json", check=False)
-    assert raw.returncode == 1
-    error = json.loads(raw.stdout or raw.stderr)
-    assert "no issues found matching the provided IDs" in error["error"]
+
+
+def test_the_raw_shapes_of_a_missing_id(bd: BdBackend, repo: Path):
+    """What each command prints for an id that does not exist (bd v1.0.5): where the words go
+    differs by command, so the runner reads both streams (parse.check_output)."""
+    missing = "tt-nosuch"
+    no_match = f'no issue found matching "{missing}"'
+
+    def raw(*args: str) -> tuple[int, object, str]:
+        proc = bd.run(repo, *args, "--json", check=False, actor=ACTOR)
+        return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr.strip()
+
+    assert raw("show", missing) == (1, {"error": "no issues found matching the provided IDs", "schema_version": 1},
+                                    f"Error fetching {missing}: {no_match}")
+    assert raw("update", missing, "--claim") == (1, None, f"Error resolving {missing}: {no_match}")
+    assert raw("close", missing, "--reason", "x") == (
+        1, {"error": f"resolving ID {missing}: {no_match}", "schema_version": 1}, "")
+    for args in (("comments", missing), ("comments", "add", missing, "text")):
+        assert raw(*args) == (1, {"error": f"resolving {missing}: {no_match}", "schema_version": 1}, "")
+    # bd label add reports a missing id and still exits 0: the runner labels through `update` instead
+    assert raw("label", "add", missing, "x") == (0, [], f"Error resolving {missing}: {no_match}")
 
 
 def test_no_workspace_is_unavailable_and_says_to_run_bd_init(bd: BdBackend, tmp_path: Path):
@@ -338,6 +390,9 @@ def test_no_workspace_is_unavailable_and_says_to_run_bd_init(bd: BdBackend, tmp_
 
     assert "no beads database" in caught.value.message
     assert "bd init" in (caught.value.fix or "")
+    raw = bd.run(plain, "ready", "--json", check=False)
+    assert (raw.returncode, raw.stdout) == (1, "")
+    assert raw.stderr.startswith("Error: no beads database found\n")
 
 
 def test_a_locked_store_is_busy_while_held_and_the_write_goes_through_after(bd: BdBackend, repo: Path):

@@ -181,11 +181,23 @@ def test_close_is_idempotent(repo: Path, tracker: BdTracker):
     assert again.status == "closed" and again.close_reason == "done: all gates green"
 
 
-def test_close_succeeds_when_bd_says_already_closed(repo: Path, tracker: BdTracker, faults):
+def test_close_of_an_issue_closed_meanwhile_succeeds_with_the_first_reason(repo: Path, tracker: BdTracker, faults,
+                                                                           log: Path):
     a = create_issue(repo, "a")
     run_bd(repo, "close", a, "--reason", "by hand")
-    faults({"command": "close", "kind": "error_json_stderr", "message": f"issue {a} is already closed"})
-    assert tracker.close(a, "again").status == "closed"
+    # the tracker's read before the close still saw it open; then bd refuses the close
+    faults({"command": "show", "kind": "skip", "stdout": json.dumps([{"id": a, "title": "a", "status": "open"}])},
+           {"command": "close", "kind": "error_json_stderr", "message": f"issue {a} is already closed"})
+    closed = tracker.close(a, "again")
+    assert (closed.status, closed.close_reason) == ("closed", "by hand")
+    assert [c[0] for c in logged_calls(log)][-3:] == ["show", "close", "show"]
+
+
+def test_close_of_a_closed_issue_does_not_call_bd_close(repo: Path, tracker: BdTracker, log: Path):
+    a = create_issue(repo, "a")
+    run_bd(repo, "close", a, "--reason", "by hand")
+    assert tracker.close(a, "Landed 0123abcd on main").close_reason == "by hand"
+    assert [c for c in logged_calls(log) if c[0] == "close"] == [["close", a, "--reason", "by hand"]]
 
 
 def test_close_error_on_open_issue_surfaces(repo: Path, tracker: BdTracker, faults):
