@@ -31,8 +31,14 @@ INSTALL_FIX = (
     ".beads-runner.toml to the bd executable's path"
 )
 
+STOP_GRACE = 5.0  # seconds a bd past tracker.timeout gets, after SIGTERM, to say what it was waiting for
+
 _repo_locks: dict[str, tuple[threading.Lock, FileLock]] = {}
 _repo_locks_guard = threading.Lock()
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
 
 
 def _locks_for(repo: Path) -> tuple[threading.Lock, FileLock]:
@@ -97,28 +103,51 @@ class BdTracker:
                 raise TrackerBusy(f"`{name}` did not run: another process held {file_lock.lock_file} for "
                                   f"{self.timeout:g}s", fix="check for a stuck beads-runner or bd process") from None
             try:
-                # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
-                # write halfway (the runner finishes the call, then stops).
-                proc = subprocess.run(
-                    argv, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                    timeout=self.timeout, check=False, start_new_session=True,
-                )
-            except FileNotFoundError:
-                raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist",
-                                         fix=INSTALL_FIX) from None
-            except PermissionError as exc:
-                raise TrackerUnavailable(f"`{name}` could not start: {exc}", fix=INSTALL_FIX) from None
-            except subprocess.TimeoutExpired:
-                error = TrackerBusy(f"`{name}` did not finish within {self.timeout:g}s and was stopped",
-                                    fix="raise tracker.timeout, or look for a bd process holding the store")
-                error.timed_out = True  # type: ignore[attr-defined]
-                raise error from None
+                returncode, stdout, stderr = self._call(argv, env, name)
             finally:
                 file_lock.release()
-        stdout = proc.stdout.decode("utf-8", errors="replace")
-        stderr = proc.stderr.decode("utf-8", errors="replace")
-        data = parse.check_output(name, proc.returncode, stdout, stderr, expect_json=expect_json and not raw)
+        data = parse.check_output(name, returncode, stdout, stderr, expect_json=expect_json and not raw)
         return stdout if raw else data
+
+    def _call(self, argv: list[str], env: dict[str, str] | None, name: str) -> tuple[int, str, str]:
+        """One bd process to its end: (exit code, stdout, stderr), or the error of one that could not
+        start or did not finish within the timeout."""
+        try:
+            # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
+            # write halfway (the runner finishes the call, then stops).
+            proc = subprocess.Popen(argv, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist", fix=INSTALL_FIX) from None
+        except PermissionError as exc:
+            raise TrackerUnavailable(f"`{name}` could not start: {exc}", fix=INSTALL_FIX) from None
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+            return proc.returncode, _text(out), _text(err)
+        except subprocess.TimeoutExpired:
+            pass
+        # Past the timeout, bd is nearly always waiting for the embedded store while another
+        # process (a person's bd, another tool) holds it: bd 1.0.x waits without a deadline. SIGTERM
+        # ends the wait and bd says so ("... locked by another dolt process"): it wrote nothing, so
+        # the call is retried like any lock error. Without those words it may have been halfway
+        # through a write: that is reported, never retried blindly.
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        said = "\n".join(t.strip() for t in (_text(err), _text(out)) if t.strip())
+        if parse.is_busy_text(said):
+            raise TrackerBusy(
+                f"`{name}` waited {self.timeout:g}s for the beads store, which another process holds: "
+                f"{parse.quote(said)}",
+                fix="retried; if it persists, find the process holding .beads/ (a long bd command, a stuck bd)",
+            )
+        error = TrackerBusy(f"`{name}` did not finish within {self.timeout:g}s and was stopped",
+                            fix="raise tracker.timeout, or look for a bd process holding the store")
+        error.timed_out = True  # type: ignore[attr-defined]
+        raise error
 
     def _run(self, args: Sequence[str], *, tail: Sequence[str] = (), expect_json: bool = True,
              retry_garbage: bool = True, raw: bool = False) -> Any:

@@ -69,6 +69,11 @@ _UNKNOWN_COMMAND = re.compile(r"unknown command\s*(?P<cmd>\"[^\"]*\"|\S+)?", re.
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
+def is_busy_text(text: str) -> bool:
+    """bd's words say the store was busy (held by another process): nothing was written."""
+    return bool(_BUSY.search(text))
+
+
 def quote(text: str, limit: int = MAX_QUOTED) -> str:
     """bd's text made fit for one error message: stripped, shortened."""
     text = text.strip()

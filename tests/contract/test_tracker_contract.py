@@ -8,6 +8,8 @@ injection, and whatever it does differently from the real bd is listed in DIFFER
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -395,14 +397,37 @@ def test_no_workspace_is_unavailable_and_says_to_run_bd_init(bd: BdBackend, tmp_
     assert raw.stderr.startswith("Error: no beads database found\n")
 
 
-def test_a_locked_store_is_busy_while_held_and_the_write_goes_through_after(bd: BdBackend, repo: Path):
-    issue = bd.create(repo, "written under contention")
-    impatient = bd.tracker(repo, timeout=3, busy_attempts=1)
-    with bd.hold_store(repo):
-        with pytest.raises(TrackerBusy):
-            impatient.comment(issue, "never written")
-    bd.tracker(repo).comment(issue, "written")
+def test_a_write_while_another_process_holds_the_store_waits_for_it_and_lands(bd: BdBackend, repo: Path):
+    issue = bd.create(repo, "written after the holder lets go")
+    tracker = bd.tracker(repo)
+    holding = threading.Event()
 
+    def hold_briefly() -> None:
+        with bd.hold_store(repo):
+            holding.set()
+            time.sleep(1.0)  # long enough for the write below to start while the store is held
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    holding.wait(10)
+    tracker.comment(issue, "waited")
+    holder.join()
+
+    assert [c["text"] for c in tracker.comments(issue)] == ["waited"]
+
+
+def test_a_store_held_past_the_timeout_is_busy_in_bds_words_and_nothing_is_written(bd: BdBackend, repo: Path):
+    """bd waits for a held store without a deadline. At tracker.timeout the runner stops it with
+    SIGTERM, and bd says it was waiting for the lock: a retryable TrackerBusy, nothing written."""
+    issue = bd.create(repo, "written under contention")
+    impatient = bd.tracker(repo, timeout=2, busy_attempts=1)
+    with bd.hold_store(repo):
+        with pytest.raises(TrackerBusy) as caught:
+            impatient.comment(issue, "never written")
+
+    assert "locked by another dolt process" in caught.value.message
+    assert not getattr(caught.value, "timed_out", False)  # so BdTracker retries it (busy_attempts)
+    bd.tracker(repo).comment(issue, "written")
     assert [c["text"] for c in bd.tracker(repo).comments(issue)] == ["written"]
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,36 @@ def test_timeout_is_busy(repo: Path, faults):
     faults({"command": "show", "kind": "sleep", "seconds": 5})
     with pytest.raises(TrackerBusy, match="did not finish within"):
         BdTracker(repo, actor=ACTOR, timeout=0.5).show(a)
+
+
+def test_a_timeout_without_lock_words_is_not_retried(repo: Path, faults, log: Path):
+    a = create_issue(repo, "a")
+    faults({"command": "comments add", "kind": "sleep", "seconds": 30})
+    with pytest.raises(TrackerBusy) as caught:
+        BdTracker(repo, actor=ACTOR, timeout=0.5, busy_attempts=3, busy_backoff=0.01).comment(a, "maybe written")
+    assert getattr(caught.value, "timed_out", False)
+    assert len([c for c in logged_calls(log) if c[:2] == ["comments", "add"]]) == 1  # might have written: once
+
+
+def test_a_store_held_past_the_timeout_is_retried_and_written_once(repo: Path, log: Path):
+    """The stand-in waits for its store like the real bd; stopped at the timeout it says it was
+    waiting for the lock, so the tracker retries, and the write lands exactly once."""
+    a = create_issue(repo, "a")
+    holder_done = threading.Event()
+
+    def hold_until_the_second_attempt() -> None:
+        with open(repo / ".beads" / "issues.jsonl.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            while len([c for c in logged_calls(log) if c[:2] == ["comments", "add"]]) < 2:
+                time.sleep(0.02)
+        holder_done.set()
+
+    holder = threading.Thread(target=hold_until_the_second_attempt)
+    holder.start()
+    BdTracker(repo, actor=ACTOR, timeout=1, busy_attempts=6, busy_backoff=0.01).comment(a, "written once")
+    holder.join()
+    assert holder_done.is_set()
+    assert [c["text"] for c in bd_json(repo, "comments", a)] == ["written once"]
 
 
 def test_missing_executable_is_unavailable_with_a_fix(repo: Path):
