@@ -17,6 +17,7 @@ import pytest
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerUnavailable
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
 from beads_runner.tracker import parse
+from beads_runner.tracker.bd import BdTracker
 from beads_runner.tracker.parse import CloseBlocked
 from tests.bd_backends import BdBackend
 from tests.helpers import new_repo
@@ -439,3 +440,22 @@ def test_version_and_store_mode(bd: BdBackend, repo: Path):
 
     assert parse.at_least(tracker.version(), 1, 0, 4)  # `ready --claim` exists from 1.0.4
     assert tracker.store_mode() == "embedded"
+
+
+def test_the_json_envelope_changes_nothing_for_the_runner(bd: BdBackend, repo: Path):
+    """BD_JSON_ENVELOPE=1 wraps every JSON output, errors too, in {"data": ..., "schema_version": 1}."""
+    env = {**bd.env, "BD_JSON_ENVELOPE": "1"}
+    first = bd.create(repo, "first", "-p", "1")
+    bd.create(repo, "second", "--deps", first)
+    tracker = BdTracker(repo, command=str(bd.executable), actor=ACTOR, env=env)
+
+    assert ids(tracker.ready()) == [first]
+    assert tracker.claim_next().id == first
+    tracker.comment(first, "enveloped")
+    assert [c["text"] for c in tracker.comments(first)] == ["enveloped"]
+    assert (tracker.version(), tracker.store_mode()) == (bd.json(repo, "version")["version"], "embedded")
+    with pytest.raises(IssueNotFound):
+        tracker.show("tt-nosuch")
+    raw = bd.run(repo, "show", "tt-nosuch", "--json", env=env, check=False)
+    assert json.loads(raw.stdout) == {"data": {"error": "no issues found matching the provided IDs"},
+                                      "schema_version": 1}
