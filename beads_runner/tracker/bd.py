@@ -8,6 +8,7 @@ produce lock errors. `TrackerBusy` failures are retried a few times before they 
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -33,12 +34,25 @@ INSTALL_FIX = (
 
 STOP_GRACE = 5.0  # seconds a bd past tracker.timeout gets, after SIGTERM, to say what it was waiting for
 
+OWN_CHANGE_SLACK_NS = 50_000_000  # file mtimes are coarse (a clock tick): a window edge is this wide
+
 _repo_locks: dict[str, tuple[threading.Lock, FileLock]] = {}
+# Per repository, the (start, end) wall-clock times of this process's recent bd calls, end None while
+# one runs: `changed_store_at` tells the daemon which changes under .beads/ its own calls made.
+_own_calls: dict[str, collections.deque[list[int | None]]] = {}
 _repo_locks_guard = threading.Lock()
 
 
 def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
+
+
+def _calls_for(repo: Path) -> collections.deque[list[int | None]]:
+    key = str(repo.resolve())
+    with _repo_locks_guard:
+        if key not in _own_calls:
+            _own_calls[key] = collections.deque(maxlen=64)
+        return _own_calls[key]
 
 
 def _locks_for(repo: Path) -> tuple[threading.Lock, FileLock]:
@@ -112,6 +126,7 @@ class BdTracker:
     def _call(self, argv: list[str], env: dict[str, str] | None, name: str) -> tuple[int, str, str]:
         """One bd process to its end: (exit code, stdout, stderr), or the error of one that could not
         start or did not finish within the timeout."""
+        started_ns = time.time_ns()
         try:
             # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
             # write halfway (the runner finishes the call, then stops).
@@ -121,11 +136,16 @@ class BdTracker:
             raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist", fix=INSTALL_FIX) from None
         except PermissionError as exc:
             raise TrackerUnavailable(f"`{name}` could not start: {exc}", fix=INSTALL_FIX) from None
+        window: list[int | None] = [started_ns, None]
+        calls = _calls_for(self.repo)
+        calls.append(window)
         try:
             out, err = proc.communicate(timeout=self.timeout)
             return proc.returncode, _text(out), _text(err)
         except subprocess.TimeoutExpired:
             pass
+        finally:
+            window[1] = time.time_ns()
         # Past the timeout, bd is nearly always waiting for the embedded store while another
         # process (a person's bd, another tool) holds it: bd 1.0.x waits without a deadline. SIGTERM
         # ends the wait and bd says so ("... locked by another dolt process"): it wrote nothing, so
@@ -171,6 +191,17 @@ class BdTracker:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def changed_store_at(self, mtime_ns: int) -> bool:
+        """A file under .beads/ modified at `mtime_ns` was (very likely) this runner's own doing: it
+        falls inside one of this process's bd calls on the repository (bd 1.0.x touches its store
+        even when it only reads). Another process's write outside those windows is not."""
+        slack = OWN_CHANGE_SLACK_NS
+        now = time.time_ns()
+        for start, end in list(_calls_for(self.repo)):
+            if start is not None and start - slack <= mtime_ns <= (end if end is not None else now) + slack:
+                return True
+        return False
 
     @staticmethod
     def _id(issue_id: str) -> str:
