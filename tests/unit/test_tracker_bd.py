@@ -428,3 +428,25 @@ def test_standin_runs_through_its_own_shebang(repo: Path):
     proc = subprocess.run([str(standin_path()), "ready", "--no-daemon", "--json"], cwd=repo, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 1 and "unknown flag: --no-daemon" in proc.stderr
+
+
+def test_the_claims_read_back_answers_the_next_show_once(repo: Path, tracker: BdTracker, log: Path):
+    """check-deps reads the issue right after the daemon claimed it: the claim's read-back, a few ms
+    old, answers that read (one bd call less per issue); the read after it goes to bd again."""
+    a = create_issue(repo, "a")
+    claimed = tracker.claim_next()
+    shows = lambda: [c for c in logged_calls(log) if c[0] == "show"]  # noqa: E731
+    assert len(shows()) == 1  # the read-back
+
+    assert tracker.show(a) == claimed
+    assert len(shows()) == 1
+    assert tracker.show(a).id == a
+    assert len(shows()) == 2
+
+
+def test_a_write_forgets_the_claims_read_back(repo: Path, tracker: BdTracker, log: Path):
+    a = create_issue(repo, "a")
+    tracker.claim(a)
+    tracker.comment(a, "a write in between")
+    tracker.show(a)
+    assert len([c for c in logged_calls(log) if c[0] == "show"]) == 2
