@@ -2,8 +2,10 @@
 
 Every call is `[command, *args, "--json", "--actor", actor]`, stdin closed, cwd the repo, with a
 timeout. Calls are serialised per repo, inside the process (a lock per repo) and across
-processes (`<repo>/.beads-runner/bd.lock`), because concurrent bd calls on one embedded store
-produce lock errors. `TrackerBusy` failures are retried a few times before they surface.
+processes (`<repo>/.beads-runner/bd.lock`), because bd's embedded store takes one writer at a time.
+Verified with bd v1.0.5 (tests/contract): it waits for a store another process holds, and says
+"locked by another dolt process" when stopped during that wait. `TrackerBusy` failures (lock
+errors, such a stopped wait, garbled output) are retried with backoff before they surface.
 """
 
 from __future__ import annotations
