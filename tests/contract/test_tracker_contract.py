@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerUnavailable
-from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
 from beads_runner.tracker import parse
+from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
 from beads_runner.tracker.bd import BdTracker
 from beads_runner.tracker.parse import CloseBlocked
 from tests.bd_backends import BdBackend
@@ -24,8 +24,7 @@ from tests.helpers import new_repo
 
 ACTOR = "runner"
 
-# What the stand-in does differently from the real bd v1.0.5, on purpose (it is not a copy of
-# beads): none of it is something the runner relies on, and each line says why it may differ.
+# The stand-in against the real bd v1.0.5: what this suite found and fixed, and what is left.
 DIFFERENCES = """
 What the suite found the stand-in doing differently from the real bd v1.0.5, now fixed in it:
 - re-closing a closed issue: the real bd closes it again, replacing close_reason and closed_at (the
@@ -35,6 +34,9 @@ What the suite found the stand-in doing differently from the real bd v1.0.5, now
 - per-id failures of update and close (a claim held by another, open blockers, a missing id) go to
   stderr as plain text, exit 1 when no id succeeded; a missing id's words differ by command.
 - `bd label add` of a missing id exits 0 with `[]`; `bd init` takes --skip-hooks/--skip-agents.
+- BD_JSON_ENVELOPE=1 wraps error objects too: {"data": {"error": ...}, "schema_version": 1}.
+- a bd waiting for a held store and stopped with SIGTERM prints a JSON error ending "the database
+  is locked by another dolt process" (the stand-in used to die silently).
 What still differs, on purpose (the runner relies on none of it):
 - storage: the stand-in keeps issues in .beads/issues.jsonl (beads' export format) under one fcntl
   lock; the real bd keeps them in embedded Dolt (.beads/embeddeddolt/), and `bd init` also stages
@@ -43,8 +45,9 @@ What still differs, on purpose (the runner relies on none of it):
 - extra fields: the real bd prints more (created_by, ...); the runner ignores unknown fields.
 - lock contention: the real bd waits for the store (Dolt retries its open with backoff, without a
   deadline); the stand-in waits on its flock, or, with BD_STANDIN_LOCK=fail, fails at once with
-  "database is locked" (fault injection of the lock errors bd printed before 1.0).
-- speed: a real bd call takes ~0.1-0.3 s (it opens the Dolt store each time), the stand-in ~0.05 s.
+  "database is locked" (fault injection of the SQLite-era lock errors).
+- speed: a real bd call opens the Dolt store each time; it costs several times a stand-in call
+  (bench/RESULTS.md, section "bd calls", has the figures).
 """
 
 
