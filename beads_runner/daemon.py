@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +91,14 @@ class ChangeWatcher:
         self.root = root
         self.depth = depth
         self.max_entries = max_entries
-        self._last = self.signature()
+        self._last, _ = self._scan(0)
 
     def signature(self) -> tuple[int, int]:
-        newest, count = 0, 0
+        return self._scan(0)[0]
+
+    def _scan(self, since_ns: int) -> tuple[tuple[int, int], list[int]]:
+        """((newest mtime, entry count), the mtimes newer than `since_ns`)."""
+        newest, count, fresh = 0, 0, []
         stack = [(self.root, 0)]
         while stack and count < self.max_entries:
             path, level = stack.pop()
@@ -106,18 +111,26 @@ class ChangeWatcher:
                         except OSError:
                             continue
                         newest = max(newest, st.st_mtime_ns)
+                        if st.st_mtime_ns > since_ns:
+                            fresh.append(st.st_mtime_ns)
                         if entry.is_dir(follow_symlinks=False) and level < self.depth:
                             stack.append((Path(entry.path), level + 1))
             except OSError:
                 continue
-        return newest, count
+        return (newest, count), fresh
 
-    def changed(self) -> bool:
-        now = self.signature()
-        if now != self._last:
-            self._last = now
+    def changed(self, ours: Callable[[int], bool] | None = None) -> bool:
+        """Something changed since the last call. `ours(mtime_ns)` says a change came from the runner's
+        own tracker calls: the real bd touches its store even on reads, and a runner woken by its
+        own calls would poll again and again. A change counts if any new mtime is not ours."""
+        before = self._last
+        now, fresh = self._scan(before[0])
+        self._last = now
+        if now == before:
+            return False
+        if ours is None or now[1] != before[1] or not fresh:
             return True
-        return False
+        return not all(ours(mtime) for mtime in fresh)
 
 
 @dataclass
@@ -143,6 +156,9 @@ class Runner:
         self._stop = threading.Event()
         self.submitted: list[str] = []
         self.tracker_failed: str | None = None  # --once gave up: the tracker failed on every try
+        # (free sessions, unfinished runs) when the tracker last had nothing for us; None after a claim.
+        self._drained_at: tuple[int, int] | None = None
+        self._foreign_change = False
         self.engine.add_listener(self._wake.set)
         self.engine.add_listener(self.budget.invalidate)
 
@@ -185,7 +201,9 @@ class Runner:
                 result.tracker_error = exc.message
                 break
             if issue is None:
+                self._drained_at = self._capacity()
                 break
+            self._drained_at = None
             result.ready += 1
             if not is_safe_issue_id(issue.id):
                 self._refuse(issue.id)
@@ -214,6 +232,15 @@ class Runner:
         except TrackerError as err:
             log.error("could not start a run nor release the claim; the next start takes it back",
                       issue_id=issue_id, error=err.message)
+
+    def _capacity(self) -> tuple[int, int]:
+        return self.free_sessions(), len(self.engine.runs(statuses=("queued", "running", "failing")))
+
+    def _worth_asking(self) -> bool:
+        """Whether a wake from the engine can change the tracker's last answer. After "nothing
+        claimable", a step that freed no session and ended no run (check-deps, verify) cannot: asking
+        bd again would only cost a call (about 0.3 s with the real bd)."""
+        return self._drained_at is None or self._drained_at != self._capacity()
 
     def _refuse(self, issue_id: str) -> None:
         """An id that cannot name a branch or a path is never used for one: the issue goes to a person
@@ -277,26 +304,33 @@ class Runner:
                 now = time.monotonic()
                 if now >= next_poll or self._wake.is_set():
                     self._wake.clear()
-                    result = self.poll_once()
-                    next_poll = now + interval
-                    failed_polls = failed_polls + 1 if result.tracker_error else 0
-                    if once and not result.submitted and self._idle():
-                        if not result.tracker_error:
-                            break
-                        # "Nothing ready" is not known when the tracker fails: ask again a few times,
-                        # then give up with a non-zero exit instead of claiming all is done.
-                        if failed_polls >= self.ONCE_TRACKER_TRIES:
-                            self.tracker_failed = result.tracker_error
-                            log.error("--once: the tracker failed on every try; giving up",
-                                      error=result.tracker_error, tries=failed_polls)
-                            break
+                    if now >= next_poll or self._foreign_change or self._worth_asking():
+                        self._foreign_change = False
+                        result = self.poll_once()
+                        next_poll = now + interval
+                        failed_polls = failed_polls + 1 if result.tracker_error else 0
+                        if once and not result.submitted and self._idle():
+                            if not result.tracker_error:
+                                break
+                            # "Nothing ready" is not known when the tracker fails: ask again a few times,
+                            # then give up with a non-zero exit instead of claiming all is done.
+                            if failed_polls >= self.ONCE_TRACKER_TRIES:
+                                self.tracker_failed = result.tracker_error
+                                log.error("--once: the tracker failed on every try; giving up",
+                                          error=result.tracker_error, tries=failed_polls)
+                                break
                 self._wake.wait(watch_interval)
-                if watcher is not None and watcher.changed():
+                if watcher is not None and watcher.changed(ours=self._own_store_change):
+                    self._foreign_change = True
                     self._wake.set()
         finally:
             log.info("runner stopping", grace=self.cfg.engine.grace_period)
             self.engine.stop(grace=self.cfg.engine.grace_period if self._stop.is_set() else 0.0)
         return self.exit_code()
+
+    def _own_store_change(self, mtime_ns: int) -> bool:
+        own = getattr(self.tracker, "changed_store_at", None)
+        return bool(own is not None and own(mtime_ns))
 
     def _idle(self) -> bool:
         """Nothing ready that we could take, and nothing that can still move: done (for --once).

@@ -29,6 +29,14 @@ def _attempt(name: str, fn) -> Check:
         return Check(name, False, f"{type(exc).__name__}: {exc}")
 
 
+def _describe_mode(mode: str) -> str:
+    if mode == "embedded":
+        return "embedded Dolt store: one writer at a time"
+    if mode.startswith("server"):
+        return f"Dolt {mode}"
+    return f"store mode {mode}"
+
+
 def run_checks(repo: Path) -> list[Check]:
     checks: list[Check] = []
     try:
@@ -51,7 +59,11 @@ def run_checks(repo: Path) -> list[Check]:
     def tracker_check() -> str:
         version = svc.tracker.version()
         ready = svc.tracker.ready()
-        name = "bd " + version if config.tracker.kind == "bd" else f"jsonl at {config.tracker.path}"
+        if config.tracker.kind == "bd":
+            mode = svc.tracker.store_mode() if hasattr(svc.tracker, "store_mode") else "unknown"
+            name = f"bd {version} ({_describe_mode(mode)}) at {svc.tracker.executable()}"
+        else:
+            name = f"jsonl at {config.tracker.path}"
         return f"{name}; {len(ready)} issue(s) ready"
 
     checks.append(_attempt("tracker", tracker_check))

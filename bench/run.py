@@ -849,7 +849,15 @@ def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     return f"MISSED by {value - target:.2f} ({100 * (value - target) / target:.0f} %)"
 
 
+def _stand_in_named(results: dict[str, Any]) -> dict[str, Any]:
+    """Rows measured with the bd stand-in say so: "bd" alone would read as the real bd, which
+    bench/bd_calls.py measures."""
+    return {key: ({**value, "tracker": "bd stand-in"} if isinstance(value, dict) and value.get("tracker") == "bd"
+                  else value) for key, value in results.items()}
+
+
 def render(results: dict[str, Any]) -> str:
+    results = _stand_in_named(results)
     m = results["machine"]
     out = [BEGIN, "",
            f"Run: `{m['command']}` (from the repository root; `make bench` runs the same without flags), "

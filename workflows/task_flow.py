@@ -428,9 +428,9 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     ctx.log("landed", sha=landed.sha, target=landed.target, rebased=landed.rebased, already=landed.already)
     failpoint("after-land")
     reason = f"Landed {landed.sha[:8]} on {landed.target} (gates: {gates})"
-    # Close only now that the target contains the commit; a closed issue is not closed twice.
-    if tracker.show(issue.id).status != "closed":
-        tracker.close(issue.id, reason)
+    # Close only now that the target contains the commit. Closing is idempotent (Tracker.close): an
+    # issue already closed, by an earlier try or by a person, keeps its reason.
+    tracker.close(issue.id, reason)
     failpoint("after-close")
     ws.remove_worktree(issue.id)
     SessionMemory(svc, issue.id).forget()

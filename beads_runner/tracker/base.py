@@ -122,7 +122,8 @@ class Tracker(Protocol):
         """Give a claimed issue back to the queue: status open, no assignee."""
 
     def close(self, issue_id: str, reason: str) -> Issue:
-        """Close with a reason. Closing an already closed issue is not an error (idempotent)."""
+        """Close with a reason. Closing an already closed issue is not an error and changes nothing
+        (idempotent): the first close's reason stays."""
 
     def comment(self, issue_id: str, text: str) -> None:
         """Add a comment as `actor`."""

@@ -2,12 +2,15 @@
 
 Every call is `[command, *args, "--json", "--actor", actor]`, stdin closed, cwd the repo, with a
 timeout. Calls are serialised per repo, inside the process (a lock per repo) and across
-processes (`<repo>/.beads-runner/bd.lock`), because concurrent bd calls on one embedded store
-produce lock errors. `TrackerBusy` failures are retried a few times before they surface.
+processes (`<repo>/.beads-runner/bd.lock`), because bd's embedded store takes one writer at a time.
+Verified with bd v1.0.5 (tests/contract): it waits for a store another process holds, and says
+"locked by another dolt process" when stopped during that wait. `TrackerBusy` failures (lock
+errors, such a stopped wait, garbled output) are retried with backoff before they surface.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -32,8 +35,36 @@ INSTALL_FIX = (
     ".beads-runner.toml to the bd executable's path"
 )
 
+STOP_GRACE = 5.0  # seconds a bd past tracker.timeout gets, after SIGTERM, to say what it was waiting for
+
+CLAIM_READ_BACK_REUSE = 2.0  # seconds a claim's read-back may answer the one next `show` of that issue
+OWN_CHANGE_SLACK_NS = 50_000_000  # file mtimes are coarse (a clock tick): a window edge is this wide
+
 _repo_locks: dict[str, tuple[threading.Lock, FileLock]] = {}
+# Per repository, the (start, end) wall-clock times of this process's recent bd calls, end None while
+# one runs: `changed_store_at` tells the daemon which changes under .beads/ its own calls made.
+_own_calls: dict[str, collections.deque[list[int | None]]] = {}
+# Per repository, issue id → (monotonic time, Issue) of a claim's read-back, taken by the next show.
+_read_backs: dict[str, dict[str, tuple[float, Issue]]] = {}
 _repo_locks_guard = threading.Lock()
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+def _calls_for(repo: Path) -> collections.deque[list[int | None]]:
+    key = str(repo.resolve())
+    with _repo_locks_guard:
+        if key not in _own_calls:
+            _own_calls[key] = collections.deque(maxlen=64)
+        return _own_calls[key]
+
+
+def _read_backs_for(repo: Path) -> dict[str, tuple[float, Issue]]:
+    key = str(repo.resolve())
+    with _repo_locks_guard:
+        return _read_backs.setdefault(key, {})
 
 
 def _locks_for(repo: Path) -> tuple[threading.Lock, FileLock]:
@@ -71,7 +102,8 @@ class BdTracker:
 
     # -- running bd ---------------------------------------------------------------------------
 
-    def _executable(self) -> str:
+    def executable(self) -> str:
+        """The bd executable this tracker runs (tracker.command, resolved), or TrackerUnavailable."""
         command = self.command
         if os.sep in command or (os.altsep and os.altsep in command):
             path = Path(command).expanduser()
@@ -97,33 +129,62 @@ class BdTracker:
                 raise TrackerBusy(f"`{name}` did not run: another process held {file_lock.lock_file} for "
                                   f"{self.timeout:g}s", fix="check for a stuck beads-runner or bd process") from None
             try:
-                # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
-                # write halfway (the runner finishes the call, then stops).
-                proc = subprocess.run(
-                    argv, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                    timeout=self.timeout, check=False, start_new_session=True,
-                )
-            except FileNotFoundError:
-                raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist",
-                                         fix=INSTALL_FIX) from None
-            except PermissionError as exc:
-                raise TrackerUnavailable(f"`{name}` could not start: {exc}", fix=INSTALL_FIX) from None
-            except subprocess.TimeoutExpired:
-                error = TrackerBusy(f"`{name}` did not finish within {self.timeout:g}s and was stopped",
-                                    fix="raise tracker.timeout, or look for a bd process holding the store")
-                error.timed_out = True  # type: ignore[attr-defined]
-                raise error from None
+                returncode, stdout, stderr = self._call(argv, env, name)
             finally:
                 file_lock.release()
-        stdout = proc.stdout.decode("utf-8", errors="replace")
-        stderr = proc.stderr.decode("utf-8", errors="replace")
-        data = parse.check_output(name, proc.returncode, stdout, stderr, expect_json=expect_json and not raw)
+        data = parse.check_output(name, returncode, stdout, stderr, expect_json=expect_json and not raw)
         return stdout if raw else data
+
+    def _call(self, argv: list[str], env: dict[str, str] | None, name: str) -> tuple[int, str, str]:
+        """One bd process to its end: (exit code, stdout, stderr), or the error of one that could not
+        start or did not finish within the timeout."""
+        started_ns = time.time_ns()
+        try:
+            # Its own session: Ctrl-C or SIGTERM to the runner's process group must not kill a bd
+            # write halfway (the runner finishes the call, then stops).
+            proc = subprocess.Popen(argv, cwd=self.repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise TrackerUnavailable(f"`{name}` could not start: {argv[0]!r} does not exist", fix=INSTALL_FIX) from None
+        except PermissionError as exc:
+            raise TrackerUnavailable(f"`{name}` could not start: {exc}", fix=INSTALL_FIX) from None
+        window: list[int | None] = [started_ns, None]
+        calls = _calls_for(self.repo)
+        calls.append(window)
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+            return proc.returncode, _text(out), _text(err)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            window[1] = time.time_ns()
+        # Past the timeout, bd is nearly always waiting for the embedded store while another
+        # process (a person's bd, another tool) holds it: bd 1.0.x waits without a deadline. SIGTERM
+        # ends the wait and bd says so ("... locked by another dolt process"): it wrote nothing, so
+        # the call is retried like any lock error. Without those words it may have been halfway
+        # through a write: that is reported, never retried blindly.
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        said = "\n".join(t.strip() for t in (_text(err), _text(out)) if t.strip())
+        if parse.is_busy_text(said):
+            raise TrackerBusy(
+                f"`{name}` waited {self.timeout:g}s for the beads store, which another process holds: "
+                f"{parse.quote(said)}",
+                fix="retried; if it persists, find the process holding .beads/ (a long bd command, a stuck bd)",
+            )
+        error = TrackerBusy(f"`{name}` did not finish within {self.timeout:g}s and was stopped",
+                            fix="raise tracker.timeout, or look for a bd process holding the store")
+        error.timed_out = True  # type: ignore[attr-defined]
+        raise error
 
     def _run(self, args: Sequence[str], *, tail: Sequence[str] = (), expect_json: bool = True,
              retry_garbage: bool = True, raw: bool = False) -> Any:
         """Run `bd <args> --json --actor <actor> [-- <tail>]`, retrying TrackerBusy a few times."""
-        argv = [self._executable(), *args, "--json", "--actor", self.actor]
+        argv = [self.executable(), *args, "--json", "--actor", self.actor]
         if tail:
             argv += ["--", *tail]
         name = parse.describe_command(["bd", *args, *tail])
@@ -142,6 +203,17 @@ class BdTracker:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def changed_store_at(self, mtime_ns: int) -> bool:
+        """A file under .beads/ modified at `mtime_ns` was (very likely) this runner's own doing: it
+        falls inside one of this process's bd calls on the repository (bd 1.0.x touches its store
+        even when it only reads). Another process's write outside those windows is not."""
+        slack = OWN_CHANGE_SLACK_NS
+        now = time.time_ns()
+        for start, end in list(_calls_for(self.repo)):
+            if start is not None and start - slack <= mtime_ns <= (end if end is not None else now) + slack:
+                return True
+        return False
 
     @staticmethod
     def _id(issue_id: str) -> str:
@@ -166,6 +238,17 @@ class BdTracker:
             self._version = parse.parse_version(self._run(["version"], raw=True))
         return self._version
 
+    def store_mode(self) -> str:
+        """Where this bd keeps its issues: "embedded" (Dolt in-process, one writer at a time: the
+        runner serialises its calls and retries lock errors) or "server host:port" (a dolt
+        sql-server). From `bd dolt show --json` (bd 1.x); "unknown" on a bd without it."""
+        try:
+            return parse.parse_store_mode(self._run(["dolt", "show"]))
+        except (TrackerUnavailable, TrackerBusy):
+            raise
+        except TrackerError:
+            return "unknown"
+
     def _version_at_least(self, *wanted: int) -> bool:
         try:
             return parse.at_least(self.version(), *wanted)
@@ -183,6 +266,11 @@ class BdTracker:
 
     def show(self, issue_id: str) -> Issue:
         issue_id = self._id(issue_id)
+        # The claim's read-back, milliseconds old, answers the check-deps read that follows a claim:
+        # one bd call less on the way from ready to a session (each costs ~0.3 s with the real bd).
+        fresh = _read_backs_for(self.repo).pop(issue_id, None)  # dict.pop is atomic
+        if fresh is not None and time.monotonic() - fresh[0] <= CLAIM_READ_BACK_REUSE:
+            return fresh[1]
         name = parse.describe_command(["bd", "show", issue_id])
         found = parse.first(parse.issues_from_data(self._run(["show", issue_id]), name), issue_id)
         if found is None:
@@ -190,6 +278,7 @@ class BdTracker:
         return found
 
     def _verify_claim(self, issue_id: str) -> Issue:
+        self._forget(issue_id)
         issue = self.show(issue_id)
         if issue.status != "in_progress" or issue.assignee != self.actor:
             raise ClaimConflict(
@@ -197,7 +286,12 @@ class BdTracker:
                 f"{issue.assignee or '(none)'!r} instead of in_progress for {self.actor!r}: someone else won",
                 fix="leave it to its holder; the runner will pick other ready work",
             )
+        _read_backs_for(self.repo)[issue_id] = (time.monotonic(), issue)
         return issue
+
+    def _forget(self, issue_id: str) -> None:
+        """A write to the issue makes a remembered read-back stale."""
+        _read_backs_for(self.repo).pop(issue_id, None)
 
     def claim(self, issue_id: str) -> Issue:
         issue_id = self._id(issue_id)
@@ -237,10 +331,17 @@ class BdTracker:
         return [issue for issue in issues if issue.assignee == self.actor]
 
     def release(self, issue_id: str) -> None:
+        self._forget(issue_id)
         self._run(["update", "--status", "open", "--assignee", ""], tail=[self._any_id(issue_id)])
 
     def close(self, issue_id: str, reason: str) -> Issue:
         issue_id = self._id(issue_id)
+        self._forget(issue_id)
+        # bd closes a closed issue again, replacing its reason and closed_at (v1.0.5): read first,
+        # so a close the runner repeats after a crash, or a person's own close, keeps its reason.
+        current = self.show(issue_id)
+        if current.status == "closed":
+            return current
         args = ["close", issue_id, "--reason", reason]
         name = parse.describe_command(["bd", *args])
         try:
@@ -257,6 +358,7 @@ class BdTracker:
 
     def comment(self, issue_id: str, text: str) -> None:
         issue_id = self._any_id(issue_id)
+        self._forget(issue_id)
         text = text.replace("\x00", "")
         if len(text) > MAX_COMMENT_CHARS:
             text = text[: MAX_COMMENT_CHARS - 40] + "\n\n[comment truncated by beads-runner]"
@@ -270,4 +372,5 @@ class BdTracker:
         return parse.comments_from_data(self._run(["comments", issue_id]), name)
 
     def hand_to_human(self, issue_id: str) -> None:
+        self._forget(issue_id)
         self._run(["update", "--status", "blocked", "--add-label", NEEDS_HUMAN_LABEL], tail=[self._any_id(issue_id)])

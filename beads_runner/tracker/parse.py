@@ -69,6 +69,11 @@ _UNKNOWN_COMMAND = re.compile(r"unknown command\s*(?P<cmd>\"[^\"]*\"|\S+)?", re.
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
+def is_busy_text(text: str) -> bool:
+    """bd's words say the store was busy (held by another process): nothing was written."""
+    return bool(_BUSY.search(text))
+
+
 def quote(text: str, limit: int = MAX_QUOTED) -> str:
     """bd's text made fit for one error message: stripped, shortened."""
     text = text.strip()
@@ -350,6 +355,24 @@ def parse_version(stdout: str) -> str:
             return ".".join(g for g in m.groups() if g is not None)
     raise TrackerError(f"`bd version` printed no version number: {quote(stdout, 200) or 'nothing'}",
                        fix="check that tracker.command points at the beads `bd` executable")
+
+
+def parse_store_mode(data: Any) -> str:
+    """How bd stores issues, from `bd dolt show --json` (or `bd dolt status --json`): "embedded"
+    (in-process Dolt, one writer at a time), "server host:port" (a dolt sql-server), or the
+    backend's own name; "unknown" when the output says neither."""
+    data = unwrap(data)
+    if not isinstance(data, dict):
+        return "unknown"
+    embedded = data.get("embedded")
+    mode = data.get("mode")
+    if embedded is True or mode == "embedded":
+        return "embedded"
+    if embedded is False or mode in ("server", "external", "managed"):
+        where = f"{data['host']}:{data['port']}" if data.get("host") and data.get("port") else ""
+        return f"server {where}".strip()
+    backend = data.get("backend")
+    return str(backend) if isinstance(backend, str) and backend else "unknown"
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:

@@ -40,7 +40,7 @@ class Engine:
 
 def start_engine(home: Path, timeout: float = 240.0) -> Engine:
     for name in ("hatchet-lite", "hatchet-migrate", "hatchet-admin"):
-        require_tool(TOOLS_BIN / name, f"the Hatchet engine ({name})")
+        require_tool(TOOLS_BIN / name, "the Hatchet engine: run `make tools` (needs Go >= 1.26)")
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", str(home)], check=True)
     log = open(home / "up.log", "ab")  # noqa: SIM115

@@ -100,7 +100,7 @@ VOLATILE = re.compile(
     r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # Hatchet run ids
     r"|[0-9a-f]{40}|[0-9a-f]{8}(?= on main)"  # commit shas (the trees are compared instead)
     r"|/tmp/\S+?/(local|hatchet)/"  # the two repositories' paths
-    r"|\b\d+\.\d+s\b)"  # durations in gate output ("Ran 2 tests in 0.001s")
+    r"|\b\d+\.\d+s\b)"  # durations in a failing gate's report ("[FAIL] tests 0.1s", "Ran 1 test in 0.004s")
 )
 
 

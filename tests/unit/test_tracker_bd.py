@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -181,11 +183,23 @@ def test_close_is_idempotent(repo: Path, tracker: BdTracker):
     assert again.status == "closed" and again.close_reason == "done: all gates green"
 
 
-def test_close_succeeds_when_bd_says_already_closed(repo: Path, tracker: BdTracker, faults):
+def test_close_of_an_issue_closed_meanwhile_succeeds_with_the_first_reason(repo: Path, tracker: BdTracker, faults,
+                                                                           log: Path):
     a = create_issue(repo, "a")
     run_bd(repo, "close", a, "--reason", "by hand")
-    faults({"command": "close", "kind": "error_json_stderr", "message": f"issue {a} is already closed"})
-    assert tracker.close(a, "again").status == "closed"
+    # the tracker's read before the close still saw it open; then bd refuses the close
+    faults({"command": "show", "kind": "skip", "stdout": json.dumps([{"id": a, "title": "a", "status": "open"}])},
+           {"command": "close", "kind": "error_json_stderr", "message": f"issue {a} is already closed"})
+    closed = tracker.close(a, "again")
+    assert (closed.status, closed.close_reason) == ("closed", "by hand")
+    assert [c[0] for c in logged_calls(log)][-3:] == ["show", "close", "show"]
+
+
+def test_close_of_a_closed_issue_does_not_call_bd_close(repo: Path, tracker: BdTracker, log: Path):
+    a = create_issue(repo, "a")
+    run_bd(repo, "close", a, "--reason", "by hand")
+    assert tracker.close(a, "Landed 0123abcd on main").close_reason == "by hand"
+    assert [c for c in logged_calls(log) if c[0] == "close"] == [["close", a, "--reason", "by hand"]]
 
 
 def test_close_error_on_open_issue_surfaces(repo: Path, tracker: BdTracker, faults):
@@ -270,6 +284,36 @@ def test_timeout_is_busy(repo: Path, faults):
     faults({"command": "show", "kind": "sleep", "seconds": 5})
     with pytest.raises(TrackerBusy, match="did not finish within"):
         BdTracker(repo, actor=ACTOR, timeout=0.5).show(a)
+
+
+def test_a_timeout_without_lock_words_is_not_retried(repo: Path, faults, log: Path):
+    a = create_issue(repo, "a")
+    faults({"command": "comments add", "kind": "sleep", "seconds": 30})
+    with pytest.raises(TrackerBusy) as caught:
+        BdTracker(repo, actor=ACTOR, timeout=0.5, busy_attempts=3, busy_backoff=0.01).comment(a, "maybe written")
+    assert getattr(caught.value, "timed_out", False)
+    assert len([c for c in logged_calls(log) if c[:2] == ["comments", "add"]]) == 1  # might have written: once
+
+
+def test_a_store_held_past_the_timeout_is_retried_and_written_once(repo: Path, log: Path):
+    """The stand-in waits for its store like the real bd; stopped at the timeout it says it was
+    waiting for the lock, so the tracker retries, and the write lands exactly once."""
+    a = create_issue(repo, "a")
+    holder_done = threading.Event()
+
+    def hold_until_the_second_attempt() -> None:
+        with open(repo / ".beads" / "issues.jsonl.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            while len([c for c in logged_calls(log) if c[:2] == ["comments", "add"]]) < 2:
+                time.sleep(0.02)
+        holder_done.set()
+
+    holder = threading.Thread(target=hold_until_the_second_attempt)
+    holder.start()
+    BdTracker(repo, actor=ACTOR, timeout=1, busy_attempts=6, busy_backoff=0.01).comment(a, "written once")
+    holder.join()
+    assert holder_done.is_set()
+    assert [c["text"] for c in bd_json(repo, "comments", a)] == ["written once"]
 
 
 def test_missing_executable_is_unavailable_with_a_fix(repo: Path):
@@ -384,3 +428,25 @@ def test_standin_runs_through_its_own_shebang(repo: Path):
     proc = subprocess.run([str(standin_path()), "ready", "--no-daemon", "--json"], cwd=repo, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 1 and "unknown flag: --no-daemon" in proc.stderr
+
+
+def test_the_claims_read_back_answers_the_next_show_once(repo: Path, tracker: BdTracker, log: Path):
+    """check-deps reads the issue right after the daemon claimed it: the claim's read-back, a few ms
+    old, answers that read (one bd call less per issue); the read after it goes to bd again."""
+    a = create_issue(repo, "a")
+    claimed = tracker.claim_next()
+    shows = lambda: [c for c in logged_calls(log) if c[0] == "show"]  # noqa: E731
+    assert len(shows()) == 1  # the read-back
+
+    assert tracker.show(a) == claimed
+    assert len(shows()) == 1
+    assert tracker.show(a).id == a
+    assert len(shows()) == 2
+
+
+def test_a_write_forgets_the_claims_read_back(repo: Path, tracker: BdTracker, log: Path):
+    a = create_issue(repo, "a")
+    tracker.claim(a)
+    tracker.comment(a, "a write in between")
+    tracker.show(a)
+    assert len([c for c in logged_calls(log) if c[0] == "show"]) == 2

@@ -259,3 +259,15 @@ def test_version_compare():
     assert parse.at_least("0.63.0", 0, 63) and not parse.at_least("0.62.9", 0, 63)
     with pytest.raises(TrackerError, match="no version"):
         parse.parse_version("hello")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"backend": "dolt", "database": "tt", "embedded": True, "data_dir": "/r/.beads/embeddeddolt"}, "embedded"),
+    ({"backend": "dolt", "embedded": False, "host": "127.0.0.1", "port": 3307}, "server 127.0.0.1:3307"),
+    ({"mode": "embedded", "server_running": False}, "embedded"),  # `bd dolt status --json`
+    ({"schema_version": 1, "data": {"embedded": True}}, "embedded"),  # BD_JSON_ENVELOPE=1
+    ({"backend": "sqlite"}, "sqlite"),
+    ([], "unknown"),
+])
+def test_parse_store_mode(data, expected):
+    assert parse.parse_store_mode(data) == expected
