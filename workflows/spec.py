@@ -25,6 +25,16 @@ class StepFailed(Exception):
         self.detail = detail  # the tail of the agent's or gate's output, for the issue comment
 
 
+class StepParked(StepFailed):
+    """A step cannot go on for a reason outside the issue (a provider's quota, refused credentials):
+    it goes back to pending without spending an attempt and is not tried before `until` (Unix time;
+    None: as soon as the engine's `admit` lets it)."""
+
+    def __init__(self, reason: str, *, until: float | None = None, detail: str = ""):
+        super().__init__(reason, retryable=True, detail=detail)
+        self.until = until
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 3  # tries in all
