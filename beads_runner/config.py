@@ -62,6 +62,11 @@ class TrackerConfig(_Section):
     path: str = ".beads/issues.jsonl"  # the jsonl tracker's file, relative to the repo
     poll_interval: Duration = 5.0  # how often `start` asks for ready work (changes in .beads/ wake it sooner)
     timeout: Duration = 60.0  # one bd call
+    # Only trusted work, when asked: claim only issues carrying all these labels ...
+    require_labels: list[str] = Field(default_factory=list)
+    # ... and only issues created by these actors (empty: anyone). Issues created by the runner's own
+    # actor or its agent's (`<actor>-agent`) are never claimed without `require_labels`, set by a person.
+    trusted_creators: list[str] = Field(default_factory=list)
 
 
 class AgentConfig(_Section):
@@ -74,6 +79,12 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+    # A provider's quota spent without a reset time in its answer: sessions wait this long, doubled
+    # at each park in a row, at most park_max, before one tries again.
+    park_backoff: Duration = 60.0
+    park_max: Duration = 1800.0
+    # How often the provider's log (opencode's) is read for limits during a session.
+    limit_check_interval: Duration = 1.0
 
     @field_validator("model")
     @classmethod
@@ -101,6 +112,10 @@ class EngineConfig(_Section):
     step_timeout: Duration = 3600.0  # check-deps and commit; process uses agent.timeout, verify the gates'
     sessions_per_minute: int | None = Field(None, ge=1)  # hatchet: rate limit on session starts
     grace_period: Duration = 30.0  # on SIGTERM, how long running sessions may go on before being stopped
+    # When the tracker refuses the failure handler (the comment, the handover): tries, then the handover
+    # is recorded locally (status, explain) and the run ends.
+    handover_attempts: int = Field(3, ge=1, le=20)
+    handover_backoff: Duration = 5.0
 
 
 class LandConfig(_Section):
@@ -200,6 +215,22 @@ class DiffConfig(_Section):
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
 
 
+NOTIFY_EVENTS = ("landed", "handed_to_person", "parked", "resumed", "budget_reached", "runner_started",
+                 "runner_stopped")
+
+
+class NotifyConfig(_Section):
+    """One `[[notify]]` entry: POST the events (JSON) to `url`."""
+
+    url: str = Field(pattern=r"^https?://")
+    events: list[Literal[NOTIFY_EVENTS]] = Field(default_factory=list)  # type: ignore[valid-type]  # empty: all
+    headers: dict[str, str] = Field(default_factory=dict)
+    format: Literal["json", "slack"] = "json"
+    timeout: Duration = 10.0
+    retries: int = Field(5, ge=0, le=20)  # after the first try, with backoff
+    backoff: Duration = 1.0
+
+
 class Config(_Section):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -207,6 +238,7 @@ class Config(_Section):
     land: LandConfig = Field(default_factory=LandConfig)
     gates: list[GateConfig] = Field(default_factory=list)
     diff: DiffConfig = Field(default_factory=DiffConfig)
+    notify: list[NotifyConfig] = Field(default_factory=list)
 
     @field_validator("gates")
     @classmethod

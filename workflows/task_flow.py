@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from beads_runner.actions import RetryNote, retry_message
 from beads_runner.agent.base import SessionRequest, TokenUsage
+from beads_runner.parking import Parking, provider_scope
 from beads_runner.failpoints import failpoint
 from beads_runner.errors import (
     ClaimConflict, IssueNotFound, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable, UnsafeIdError,
@@ -26,7 +28,7 @@ from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
 from beads_runner.workspace import LandingRefused, trailer_message
 from quality_gates import SuiteReport, run_suite
-from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import StepContext, StepFailed, StepParked, StepSpec, WorkflowSpec
 
 WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
@@ -191,6 +193,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
         prompt = continue_message(earlier.get("last_reason") or "the runner was stopped or crashed", changed_before)
     else:
         prompt = render_prompt(issue, load_template(svc.state_dir), ws.target)
+        prompt += retry_message(RetryNote(svc.state_dir, issue.id).load())
         if changed_before:
             prompt += ("\n\nNote: this worktree already holds changes from an earlier attempt ("
                        + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
@@ -224,6 +227,10 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
                  reason=result.reason, continued=bool(req.session_id))
         ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
                 tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
+        if result.limit is not None:
+            park_session(svc, ctx, issue.id, result, memory)
+        if result.ok or result.events:
+            Parking(svc.state_dir).got_through(provider_scope(svc.config))
         if not result.ok:
             if req.session_id and result.events == 0:
                 memory.forget()  # the session could not be continued at all: the next attempt starts afresh
@@ -273,6 +280,27 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
         branch=ws.branch(issue.id), sessions=totals["sessions"], gate_report=report,
         gated_tree=ws.tree_id(issue.id),
     )
+
+
+def park_session(svc: Services, ctx: StepContext, issue_id: str, result, memory: SessionMemory) -> None:
+    """The provider refused the session for a reason no retry beats soon (its quota, the credentials):
+    park the provider (no new session starts until the reset, or `beads-runner resume`) and put the
+    step back without spending an attempt. The session is continued when the provider is back."""
+    limit = result.limit or {}
+    agent = svc.config.agent
+    park, new = Parking(svc.state_dir).park(
+        provider_scope(svc.config), limit.get("kind") or "quota", limit.get("message") or result.reason,
+        reset_at=limit.get("reset_at"), backoff=agent.park_backoff, backoff_max=agent.park_max,
+        issue_id=issue_id, run_id=ctx.run_id)
+    if result.session_id:
+        memory.save(session_id=result.session_id, run_id=ctx.run_id,
+                    last_reason=f"the provider stopped the session ({park.kind}); it is available again")
+    ctx.log("provider limit: parked", kind=park.kind, until=park.until, scope=park.scope, new=new,
+            message=(limit.get("message") or "")[:300])
+    when = "until `beads-runner resume`" if park.until is None else \
+        f"until {time.strftime('%H:%M:%S UTC', time.gmtime(park.until))}"
+    raise StepParked(f"parked {when}: {park.kind} limit of {park.scope}: {limit.get('message') or result.reason}",
+                     until=park.until, detail=result.output_tail)
 
 
 def fix_message(report: SuiteReport) -> str:
@@ -342,6 +370,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     failpoint("after-close")
     ws.remove_worktree(issue.id)
     SessionMemory(svc, issue.id).forget()
+    RetryNote(svc.state_dir, issue.id).forget()
     return CommitOutput(sha=landed.sha, target=landed.target, close_reason=reason, rebased=landed.rebased,
                         already_landed=landed.already)
 

@@ -26,6 +26,8 @@ from typing import IO
 import beads_runner
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.events import SessionEvents
+from beads_runner.agent.opencode_log import OpencodeLogWatch, log_dir
+from beads_runner.limits import classify
 from beads_runner.agent.process import run_supervised
 from beads_runner.config import AgentConfig
 from beads_runner.errors import AgentUnavailable
@@ -135,6 +137,25 @@ class OpenCodeAgent:
             log = open(request.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
 
         first_start = _FirstStart.enter(self._data_key())
+        # opencode retries a provider's quota and credential errors silently: its log says them.
+        watch = OpencodeLogWatch(log_dir(self._env(), Path.home()), request.workdir)
+        stop = threading.Event()
+        limit_seen: list = []
+
+        def look_for_limits() -> None:
+            while not stop.is_set():
+                if cancel is not None and cancel.is_set():
+                    stop.set()
+                    return
+                found = watch.poll()
+                if found is not None:
+                    limit_seen.append(found)
+                    stop.set()  # the session cannot get anywhere: end it now
+                    return
+                stop.wait(self.config.limit_check_interval)
+
+        watcher = threading.Thread(target=look_for_limits, name="opencode-limits", daemon=True)
+        watcher.start()
 
         def on_stdout(line: str) -> None:
             first_start.done()  # opencode answered: its database exists, others may start
@@ -148,15 +169,25 @@ class OpenCodeAgent:
         try:
             outcome = run_supervised(
                 argv, cwd=request.workdir, env=self._env(), stdin_text=request.prompt,
-                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=cancel,
+                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=stop,
                 on_stdout=on_stdout, stall_on_stderr=False,
             )
         except OSError as exc:
             raise AgentUnavailable(f"cannot start {exe}: {exc}", fix=INSTALL_FIX) from None
         finally:
             first_start.done()
+            stop.set()
+            watcher.join(timeout=5)
             if log is not None:
                 log.close()
+        if not limit_seen and not outcome.cancelled:
+            late = watch.poll()  # written in the last moments of the session
+            if late is not None:
+                limit_seen.append(late)
+        if not limit_seen and events.error is not None:
+            found = classify(events.error.message)  # e.g. a 401: opencode gives up and says so
+            if found is not None and found.parks:
+                limit_seen.append(found)
 
         verdict = events.verdict(outcome.exit_code)
         ok, reason, retryable = verdict.ok, verdict.reason, verdict.retryable
@@ -167,6 +198,9 @@ class OpenCodeAgent:
             ok, retryable = False, True
             reason = (f"no output from opencode for {_fmt_seconds(self.config.stall_timeout)} "
                       "(agent.stall_timeout); session killed")
+        elif limit_seen:
+            ok, retryable = False, True
+            reason = f"the provider refused the session ({limit_seen[0].kind}): {limit_seen[0].message[:200]}"
         elif outcome.cancelled:
             ok, retryable = False, False
             reason = "session cancelled"
@@ -189,7 +223,9 @@ class OpenCodeAgent:
             session_id=events.session_id or request.session_id, summary=events.summary,
             tokens=events.tokens, cost=events.cost, duration_s=round(outcome.duration_s, 3),
             events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
-            cancelled=outcome.cancelled, output_tail="\n".join(tail),
+            cancelled=outcome.cancelled and not limit_seen, output_tail="\n".join(tail),
+            limit=({"kind": limit_seen[0].kind, "message": limit_seen[0].message, "reset_at": limit_seen[0].reset_at}
+                   if limit_seen else None),
         )
 
 

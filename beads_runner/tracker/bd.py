@@ -259,3 +259,7 @@ class BdTracker:
 
     def hand_to_human(self, issue_id: str) -> None:
         self._run(["update", self._id(issue_id), "--status", "blocked", "--add-label", NEEDS_HUMAN_LABEL])
+
+    def give_back(self, issue_id: str) -> None:
+        self._run(["update", self._id(issue_id), "--status", "open", "--assignee", "",
+                   "--remove-label", NEEDS_HUMAN_LABEL])
