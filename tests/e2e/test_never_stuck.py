@@ -32,7 +32,7 @@ def configure(repo: Path, agent: str = "", extra: str = "") -> None:
     text = path.read_text()
     start = text.index("[agent]")
     end = text.index("[engine]")
-    path.write_text(text[:start] + textwrap.dedent(f"""\
+    path.write_text(text[:start] + textwrap.dedent("""\
         [agent]
         model = "scripted/scripted"
         timeout = "4m"
