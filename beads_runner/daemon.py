@@ -25,7 +25,7 @@ from beads_runner.notify import EngineEventFeed, Notifier
 from beads_runner.parking import Admission, Parking
 from beads_runner.services import Services
 from workflows.local import LocalEngine
-from workflows.spec import RetryPolicy
+from workflows.spec import RetryPolicy, StepFailed
 from workflows.task_flow import TASK_FLOW, TaskInput
 
 log = structlog.get_logger("beads_runner.daemon")
@@ -44,12 +44,15 @@ class BudgetGuard:
         self._checked = -1e9
         self._exceeded = False
         self._said_on: str | None = None
+        self._parking: Parking | None = None
 
     def exceeded(self) -> bool:
         now = time.monotonic()
         if now - self._checked >= self.ttl:
             # `beads-runner resume --raise-budget USD` sets today's budget over the configured one.
-            budget = Parking(self.state_dir).budget_for_today(self.budget)
+            if self._parking is None:
+                self._parking = Parking(self.state_dir)
+            budget = self._parking.budget_for_today(self.budget)
             if budget is None:
                 self._checked, self._exceeded = now, False
                 return False
@@ -249,10 +252,11 @@ class Runner:
         for candidate in self.tracker.ready():
             if candidate.assignee and candidate.assignee != actor:
                 continue
+            if trust_problem(candidate, tcfg, actor) is not None:
+                continue
             if not is_safe_issue_id(candidate.id):
                 return candidate  # refused (with a comment) by the caller
-            problem = trust_problem(candidate, tcfg, actor)
-            if problem is not None or self.engine.active_run(candidate.id):
+            if self.engine.active_run(candidate.id):
                 continue
             try:
                 return self.tracker.claim(candidate.id)
@@ -288,8 +292,8 @@ class Runner:
             last = self.engine.runs(key=issue.id, limit=1)
             if last and last[0].status == "failed" and last[0].handler_error:
                 # Handed to a person, recorded only here because the tracker refused it: not ours to take.
-                log.warning("handover recorded locally only: the issue stays with a person", issue_id=issue.id,
-                            run_id=last[0].id, tracker_error=last[0].handler_error)
+                # Tell the tracker now, if it listens again.
+                self._deliver_local_handover(last[0])
                 continue
             run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
             if created:
@@ -297,6 +301,18 @@ class Runner:
                 self.submitted.append(run_id)
                 submitted.append(run_id)
         return submitted
+
+    def _deliver_local_handover(self, run) -> None:
+        step = next((s for s in run.steps if s.name == run.failed_step), None)
+        try:
+            TASK_FLOW.on_failure(TaskInput.model_validate(run.input), run.id, run.failed_step or "?",
+                                 StepFailed(run.error or "failed", retryable=False), step.attempt if step else 0)
+        except Exception as exc:  # noqa: BLE001 - still refused: it stays recorded here
+            log.warning("handover recorded locally only: the issue stays with a person", issue_id=run.key,
+                        run_id=run.id, tracker_error=str(exc))
+            return
+        self.engine.clear_handler_error(run.id)
+        log.info("handover recorded locally is now in the tracker", issue_id=run.key, run_id=run.id)
 
     # --- the loop --------------------------------------------------------------------------
     def request_stop(self) -> None:

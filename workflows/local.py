@@ -693,6 +693,12 @@ class LocalEngine:
         return [{"id": r["id"], "run_id": r["run_id"], "step": r["step"], "ts": r["ts"], "event": r["event"],
                  **json.loads(r["data"] or "{}")} for r in rows]
 
+    def clear_handler_error(self, run_id: str) -> None:
+        """The handover a failing handler could only record here has reached the tracker since."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET handler_error=NULL WHERE id=?", (run_id,))
+        self.record_event(run_id, None, "handover delivered")
+
     def last_event_id(self) -> int:
         return self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 

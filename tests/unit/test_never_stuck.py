@@ -190,9 +190,15 @@ def test_a_failure_handler_the_tracker_refuses_gives_up_records_locally_and_once
     assert "refused" in why.details["tracker_error"]
     [blocked] = collect_status(svc)["blocked"]
     assert blocked["handover_recorded_locally"] and blocked["reason"]["code"] == "with_person"
-    # The next start does not take it back as a stale claim: it is a person's now.
+    # The next start does not take it back as a stale claim: it is a person's now, and the tracker,
+    # listening again, gets the handover.
     assert rig.run_once() == 0
     assert len(rig.prompts(stuck)) == 3
+    shown = rig.tracker.show(stuck)
+    assert shown.status == "blocked" and "needs-human" in shown.labels
+    assert any("failed at step process" in c["text"] for c in rig.tracker.comments(stuck))
+    why = explain(svc, stuck)
+    assert why.code == "with_person" and not why.details["recorded_locally"]
 
 
 # --- retry and cancel -----------------------------------------------------------------------------------
