@@ -248,10 +248,14 @@ def status(ctx: click.Context, as_json: bool, watch: bool, limit: int) -> None:
       repo, generated_at (Unix time)
       sessions  {in_use, cap}
       spending  {day (UTC), spent_usd, budget_usd (null: none), exceeded, message}
+      parked    [{scope, kind (quota|auth|budget), reason, since, until (null: until resume),
+                  until_resume, change, issue_id, run_id, strikes}]
       running, queued, blocked, recent: lists of runs, each with
         run_id, run (short id), issue_id, title, status, phase, step, step_status,
         attempt, max_attempts, retry_at, elapsed_s, created_at, finished_at,
-        failed_step, error, outcome, commit, steps, attempts, sessions, tokens, cost
+        failed_step, error, outcome, commit, steps, attempts, sessions, tokens, cost,
+        reason {code, summary, change, ...} (the codes of `explain`),
+        handover_recorded_locally
       failures  [{issue_id, run_id, run, step, attempt, at, reason, final}]
     With --watch, --json prints one such object (on one line) a second.
     """

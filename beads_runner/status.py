@@ -163,6 +163,8 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
     - `failures`: the last failed attempts, newest first: `{"issue_id", "run_id", "run", "step",
       "attempt", "at", "reason" (one line), "final" (the run failed with it)}`.
     - `recent`: the last `limit` finished runs, newest first.
+    - `parked`: the parks in effect (`beads_runner.parking.Park.as_dict`): a provider's quota or
+      credentials, the daily budget.
 
     `budget_usd` overrides the configuration's `agent.daily_budget_usd`.
 
@@ -173,7 +175,9 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
     (Unix time of the next try, or null), `elapsed_s`, `created_at`, `finished_at`, `failed_step`,
     `error`, `outcome` (the commit step's output), `commit` (sha or null), `steps`, `attempts`,
     `sessions` (per agent session: run_id, attempt, source, session_id, started_at, tokens, input,
-    output, reasoning, cache_read, cache_write, cost, steps), `tokens`, `cost` (dollars).
+    output, reasoning, cache_read, cache_write, cost, steps), `tokens`, `cost` (dollars), `reason`
+    (`explain`'s code, summary and what would change it), `handover_recorded_locally` (the tracker
+    refused the handover).
     """
     now = time.time() if now is None else now
     cap = svc.config.engine.max_sessions
