@@ -201,6 +201,7 @@ class Runner:
     def poll_once(self) -> PollResult:
         """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
         result = PollResult()
+        self.admission.invalidate()  # a fresh look: the cache is for the engine's frequent questions
         if self.budget.exceeded() or self.admission.parked():
             # Running sessions finish; nothing new is claimed until the UTC day turns or the park ends.
             return result
@@ -363,10 +364,16 @@ class Runner:
     def _idle(self) -> bool:
         """Nothing ready that we could take, and nothing that can still move: done (for --once).
         Runs waiting on a spent budget cannot move until tomorrow; they resume at the next start."""
+        parks = self.parking.active()
         if not self.engine.has_active_runs():
+            if any(p.until is not None for p in parks):
+                # Nothing was claimed while the provider is parked; ready work waits for the park's end.
+                try:
+                    return not self.tracker.ready(limit=1)
+                except TrackerError:
+                    return False
             return True
         # A quota park ends by itself: wait for it. Refused credentials and a spent budget do not.
-        parks = self.parking.active()
         waits_for_a_person = any(p.until is None for p in parks)
         if not (self.budget.exceeded() or waits_for_a_person):
             return False

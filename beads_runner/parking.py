@@ -126,18 +126,24 @@ class Parking:
         try:
             row = db.execute("SELECT * FROM parks WHERE scope=?", (scope,)).fetchone()
             current = self._park(row) if row is not None and row["active"] else None
-            strikes = (row["strikes"] + 1) if row is not None and row["strikes"] else 1
-            if kind == AUTH:
-                until = None
-            elif reset_at is not None and reset_at > now:
-                until = reset_at
-            else:
-                until = now + min(backoff_max, backoff * 2 ** (strikes - 1))
             new = current is None or not current.in_effect(now)
-            if current is not None and current.in_effect(now):
-                # Two sessions hit the same limit: the later answer does not shorten the park.
-                if current.until is None or (until is not None and current.until >= until):
-                    until = current.until
+            if not new:
+                # Another session hit the limit the park is already about: the same park, not a new
+                # strike (sessions in flight together must not escalate the backoff), never shorter.
+                strikes = current.strikes
+                until = current.until
+                if kind == AUTH:
+                    until = None
+                elif until is not None and reset_at is not None and reset_at > until:
+                    until = reset_at
+            else:
+                strikes = (row["strikes"] + 1) if row is not None and row["strikes"] else 1
+                if kind == AUTH:
+                    until = None
+                elif reset_at is not None and reset_at > now:
+                    until = reset_at
+                else:
+                    until = now + min(backoff_max, backoff * 2 ** (strikes - 1))
             db.execute(
                 "INSERT INTO parks(scope, kind, reason, since, until, issue_id, run_id, strikes, active, ended_at) "
                 "VALUES (?,?,?,?,?,?,?,?,1,NULL) ON CONFLICT(scope) DO UPDATE SET kind=excluded.kind, "

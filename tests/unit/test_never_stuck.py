@@ -163,6 +163,14 @@ def test_refused_credentials_park_until_resume_and_once_ends(rig):
     assert rig.tracker.show(a).status == "closed"
 
 
+def test_once_waits_for_a_timed_park_when_work_is_ready(rig):
+    waiting = rig.issue("t-later")
+    Parking(rig.services().state_dir).park("provider:command", QUOTA, "You exceeded your current quota",
+                                           reset_at=time.time() + 1.5, backoff=1, backoff_max=1)
+    assert rig.run_once() == 0
+    assert rig.landed(waiting)  # not an early exit: the park ended and the issue was claimed then
+
+
 # --- the failure handler is bounded ------------------------------------------------------------------
 class RefusingComments:
     """The jsonl tracker, except that it refuses every comment (a tracker that is down for writes)."""

@@ -69,6 +69,18 @@ def test_a_park_without_a_reset_time_backs_off_doubling_up_to_the_cap(tmp_path):
     assert park.until - (NOW + 10**6) == 10  # a session got through: the backoff starts over
 
 
+def test_sessions_hitting_the_same_limit_together_do_not_escalate_the_backoff(tmp_path):
+    parking = Parking(tmp_path)
+    first, new = parking.park("provider:x", QUOTA, "q", reset_at=None, backoff=10, backoff_max=60, now=NOW)
+    second, again = parking.park("provider:x", QUOTA, "q", reset_at=None, backoff=10, backoff_max=60, now=NOW + 1)
+    assert new and not again
+    assert second.until == first.until == NOW + 10 and second.strikes == 1
+    third, new = parking.park("provider:x", QUOTA, "q", reset_at=None, backoff=10, backoff_max=60, now=NOW + 11)
+    assert new and third.until == NOW + 11 + 20  # the next park in a row doubles
+    auth, _ = parking.park("provider:x", AUTH, "401", reset_at=None, backoff=10, backoff_max=60, now=NOW + 12)
+    assert auth.until is None  # refused credentials outlast any quota reset
+
+
 def test_a_named_reset_time_wins_and_a_second_session_does_not_shorten_the_park(tmp_path):
     parking = Parking(tmp_path)
     park, new = parking.park("provider:x", QUOTA, "q", reset_at=NOW + 500, backoff=10, backoff_max=60, now=NOW)
