@@ -443,3 +443,30 @@ def test_a_dead_endpoint_never_delays_the_run(tmp_path):
     assert time.monotonic() - started < 1.0  # emit only queues
     notifier.close(timeout=2)
     assert calls and notifier.delivered == 0 and notifier.failed + notifier.dropped >= 10 - 3
+
+
+def test_a_spent_budget_parks_is_explained_notified_and_raised_by_resume(tmp_path):
+    receiver = Receiver()
+    try:
+        rig = Rig(tmp_path)
+        rig.reconfigure(textwrap.dedent(f"""\
+            [[notify]]
+            url = "{receiver.url}"
+            """))
+        text = (rig.repo / ".beads-runner.toml").read_text().replace("[agent]\n", "[agent]\ndaily_budget_usd = 0\n", 1)
+        (rig.repo / ".beads-runner.toml").write_text(text)
+        git(rig.repo, "commit", "-q", "-am", "budget")
+        waiting = rig.issue("t-budget")
+        assert rig.run_once() == 0  # nothing may be spent today: nothing starts, --once ends
+        assert rig.tracker.show(waiting).status == "open"
+        assert "budget_reached" in [e["event"] for e in receiver.events()]
+        svc = rig.services()
+        why = explain(svc, waiting)
+        assert why.code == "parked" and why.details["kind"] == "budget" and "--raise-budget" in why.change
+        assert [p["kind"] for p in collect_status(svc)["parked"]] == ["budget"]
+        out = CliRunner().invoke(main, ["--repo", str(rig.repo), "resume", "--raise-budget", "5"])
+        assert out.exit_code == 0 and "is now $5.00" in out.output
+        assert explain(svc, waiting).code == "ready"
+        assert rig.run_once() == 0 and rig.landed(waiting)
+    finally:
+        receiver.close()
