@@ -180,27 +180,28 @@ class OpenCodeAgent:
             watcher.join(timeout=5)
             if log is not None:
                 log.close()
-        if not limit_seen and not outcome.cancelled:
-            late = watch.poll()  # written in the last moments of the session
-            if late is not None:
-                limit_seen.append(late)
-        if not limit_seen and events.error is not None:
-            found = classify(events.error.message)  # e.g. a 401: opencode gives up and says so
-            if found is not None and found.parks:
-                limit_seen.append(found)
-
         verdict = events.verdict(outcome.exit_code)
         ok, reason, retryable = verdict.ok, verdict.reason, verdict.retryable
-        if outcome.timed_out:
+        if not ok and not limit_seen and not (outcome.cancelled and cancel is not None and cancel.is_set()):
+            # A session that failed (or stalled) may have been held by a limit logged in its last
+            # moments, or named in its error event (a 401: opencode gives up and says so).
+            late = watch.poll()
+            if late is None and events.error is not None:
+                late = classify(events.error.message)
+            if late is not None and late.parks:
+                limit_seen.append(late)
+        if limit_seen:
+            # The provider's limit is the cause, whatever ended the session (us, or the stall timeout
+            # while opencode retried silently): not the failure.
+            ok, retryable = False, True
+            reason = f"the provider refused the session ({limit_seen[0].kind}): {limit_seen[0].message[:200]}"
+        elif outcome.timed_out:
             ok, retryable = False, True
             reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was killed"
         elif outcome.stalled:
             ok, retryable = False, True
             reason = (f"no output from opencode for {_fmt_seconds(self.config.stall_timeout)} "
                       "(agent.stall_timeout); session killed")
-        elif limit_seen:
-            ok, retryable = False, True
-            reason = f"the provider refused the session ({limit_seen[0].kind}): {limit_seen[0].message[:200]}"
         elif outcome.cancelled:
             ok, retryable = False, False
             reason = "session cancelled"
@@ -222,8 +223,9 @@ class OpenCodeAgent:
             ok=ok, reason=reason, retryable=retryable, exit_code=outcome.exit_code,
             session_id=events.session_id or request.session_id, summary=events.summary,
             tokens=events.tokens, cost=events.cost, duration_s=round(outcome.duration_s, 3),
-            events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
-            cancelled=outcome.cancelled and not limit_seen, output_tail="\n".join(tail),
+            events=events.events, timed_out=outcome.timed_out,
+            cancelled=outcome.cancelled and not limit_seen, stalled=outcome.stalled and not limit_seen,
+            output_tail="\n".join(tail),
             limit=({"kind": limit_seen[0].kind, "message": limit_seen[0].message, "reset_at": limit_seen[0].reset_at}
                    if limit_seen else None),
         )
