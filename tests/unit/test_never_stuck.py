@@ -25,7 +25,7 @@ from beads_runner.explain import explain, trust_problem
 from beads_runner.limits import QUOTA
 from beads_runner.parking import Parking
 from beads_runner.services import Services, register_services
-from beads_runner.status import collect_status
+from beads_runner.status import collect_status, render_status, render_text
 from beads_runner.tracker.jsonl import JsonlTracker
 from tests.helpers import git, new_repo
 
@@ -155,7 +155,11 @@ def test_refused_credentials_park_until_resume_and_once_ends(rig):
     why = explain(svc, a)
     assert why.code == "parked" and why.details["until"] is None and "resume" in why.change
     assert "Incorrect API key" in why.details["why"]
-    assert collect_status(svc)["parked"][0]["kind"] == "auth"
+    data = collect_status(svc)
+    assert data["parked"][0]["kind"] == "auth"
+    assert [r["reason"]["code"] for r in data["queued"]] == ["parked"]
+    text = render_text(render_status(data))
+    assert "PARKED (provider:command) until `beads-runner resume`" in text and "parked" in text.split("QUEUED")[1]
     assert rig.tracker.show(a).status == "in_progress"  # still ours, not handed over
     refused.unlink()
     assert [p["scope"] for p in resume(svc)["resumed"]] == ["provider:command"]
@@ -463,7 +467,9 @@ def test_a_spent_budget_parks_is_explained_notified_and_raised_by_resume(tmp_pat
         svc = rig.services()
         why = explain(svc, waiting)
         assert why.code == "parked" and why.details["kind"] == "budget" and "--raise-budget" in why.change
-        assert [p["kind"] for p in collect_status(svc)["parked"]] == ["budget"]
+        data = collect_status(svc)
+        assert [p["kind"] for p in data["parked"]] == ["budget"]
+        assert "PARKED (budget)" in render_text(render_status(data))
         out = CliRunner().invoke(main, ["--repo", str(rig.repo), "resume", "--raise-budget", "5"])
         assert out.exit_code == 0 and "is now $5.00" in out.output
         assert explain(svc, waiting).code == "ready"
