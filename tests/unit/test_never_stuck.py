@@ -38,6 +38,7 @@ AGENT = textwrap.dedent("""\
     behaviour = json.loads((marks / "behaviour.json").read_text()).get(issue, "write")
     n = len(list(marks.glob(f"{issue}.prompt.*"))) + 1
     (marks / f"{issue}.prompt.{n}").write_text(prompt)
+    (marks / f"{issue}.actor").write_text(os.environ.get("BD_ACTOR", ""))
     with open(marks / "sessions.log", "a") as fh:
         fh.write(json.dumps({"issue": issue, "t": time.time(), "pid": os.getpid()}) + "\\n")
     kind, _, arg = behaviour.partition(":")
@@ -335,6 +336,7 @@ def test_only_trusted_work_is_claimed_when_asked(tmp_path):
         store.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert rig.run_once() == 0
     assert rig.landed("t-ok") and rig.landed("t-agent")  # the runner's own issue, labelled by a person
+    assert (rig.marks / "t-ok.actor").read_text() == "beads-runner-agent"  # what the agent files is its own
     for other in ("t-nolabel", "t-stranger", "t-bare"):
         assert rig.tracker.show(other).status == "open", other
     svc = rig.services()
