@@ -357,7 +357,9 @@ def retry(ctx: click.Context, issue_id: str, fresh: bool, by: str | None) -> Non
     """Run an issue that was handed to a person again: remove needs-human, reopen it, submit a run."""
     from beads_runner.actions import retry_issue
 
-    done = retry_issue(_services(ctx), issue_id, fresh=fresh, by=by)
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=False)
+    done = retry_issue(svc, issue_id, fresh=fresh, by=by)
     start = "afresh from the target" if fresh else "from its kept branch"
     click.echo(f"{issue_id}: reopened and submitted as {done['run_id']}, {start}"
                + (f"; the earlier work is on {done['kept_branch']}" if done["kept_branch"] else ""))

@@ -218,7 +218,10 @@ def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = No
         return reason
 
     if run is not None and run.status in ACTIVE:
-        position = queue_positions(engine).get(run.id) if run.status != "failing" else None
+        try:
+            position = queue_positions(engine).get(run.id) if run.status != "failing" else None
+        except RunnerError:
+            position = None  # a remote engine that did not answer: the reason stands without it
         return done(run_reason(run, now=now, parks=parks, queue_position=position,
                                branch=_branch_kept(svc, issue_id)))
     if run is not None and run.status == "superseded":
