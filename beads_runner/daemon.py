@@ -26,7 +26,7 @@ from beads_runner.parking import Admission, Parking
 from beads_runner.services import Services
 from workflows.local import LocalEngine
 from workflows.spec import RetryPolicy, StepFailed
-from workflows.task_flow import TASK_FLOW, TaskInput
+from workflows.task_flow import SESSION_KEY, TASK_FLOW, TaskInput
 
 log = structlog.get_logger("beads_runner.daemon")
 
@@ -85,7 +85,7 @@ def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard 
     procreg.configure(services.state_dir / "procs")
     r = cfg.engine.retry
     timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
-    return LocalEngine(
+    engine = LocalEngine(
         services.state_dir / STATE_DB, TASK_FLOW,
         max_sessions=cfg.engine.max_sessions,
         workers=cfg.engine.max_runs + cfg.engine.max_sessions,
@@ -98,6 +98,10 @@ def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard 
         handler_attempts=cfg.engine.handover_attempts,
         handler_backoff=cfg.engine.handover_backoff,
     )
+    if admission.sessions_in_use is None:
+        # After a quota park, one session probes the provider before the others start.
+        admission.sessions_in_use = lambda: engine.sessions_in_use(SESSION_KEY)
+    return engine
 
 
 class ChangeWatcher:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,13 @@ class Parking:
         rows = self._conn().execute(sql + " RETURNING *", args).fetchall()
         return [self._park(r) for r in rows]
 
+    def probing(self, scope: str, now: float | None = None) -> bool:
+        """A quota park of `scope` ended and no session has got through since: the next is a probe."""
+        row = self._conn().execute("SELECT strikes, until, active, kind FROM parks WHERE scope=?", (scope,)).fetchone()
+        if row is None or not row["strikes"] or row["kind"] != QUOTA:
+            return False
+        return not row["active"] or (row["until"] is not None and row["until"] <= (time.time() if now is None else now))
+
     def got_through(self, scope: str, now: float | None = None) -> None:
         """A session of `scope` talked to its provider without hitting a limit: the backoff starts over."""
         db = self._conn()
@@ -239,16 +247,24 @@ def parks_in_effect(config: Config, state_dir: Path, now: float | None = None) -
 
 class Admission:
     """Whether a new session may start now: no park on the provider, the budget not spent. The
-    engine asks in its claim transaction, often, so the answer is cached for `ttl` seconds."""
+    engine asks in its claim transaction, often, so the answer is cached for `ttl` seconds.
 
-    def __init__(self, config: Config, state_dir: Path, budget_guard: Any | None = None, ttl: float = 0.5):
+    When a quota park ends, one session goes first (the probe): the others wait until a session has
+    got through to the provider (`Parking.got_through`), so a provider still out of quota is asked
+    once per park, not once per waiting run. `sessions_in_use` (the engine's count of running
+    sessions) is asked fresh each time while probing; without it every session is let through."""
+
+    def __init__(self, config: Config, state_dir: Path, budget_guard: Any | None = None, ttl: float = 0.5,
+                 sessions_in_use: Callable[[], int] | None = None):
         self.config = config
         self.parking = Parking(state_dir)
         self.scope = provider_scope(config)
         self.budget_guard = budget_guard
         self.ttl = ttl
+        self.sessions_in_use = sessions_in_use
         self._checked = -1e9
         self._answer = True
+        self._probing = False
         self._lock = threading.Lock()
 
     def admit(self, _key: str) -> bool:
@@ -257,11 +273,14 @@ class Admission:
             if now - self._checked >= self.ttl:
                 try:
                     parked = self.parking.blocking(self.scope) is not None
+                    self._probing = not parked and self.parking.probing(self.scope)
                 except sqlite3.Error:
                     parked = False  # a busy database must not stop the runner; the next look decides
                 spent = self.budget_guard.exceeded() if self.budget_guard is not None else False
                 self._answer = not parked and not spent
                 self._checked = now
+            if self._answer and self._probing and self.sessions_in_use is not None:
+                return self.sessions_in_use() == 0
             return self._answer
 
     def invalidate(self) -> None:

@@ -3,6 +3,7 @@ shows what its event stream does not."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -158,3 +159,22 @@ def test_opencode_log_shows_the_sessions_own_provider_errors(tmp_path):
         fh.write(QUOTA_LINE[60:])
     found = watch.poll()
     assert found is not None and found.kind == QUOTA and "exceeded your current quota" in found.message
+
+
+def test_after_a_quota_park_one_session_probes_before_the_others_start(tmp_path):
+    config = validate_config({"agent": {"model": "openai/gpt-x"}}, "t")
+    running = {"n": 0}
+    admission = Admission(config, tmp_path, ttl=0, sessions_in_use=lambda: running["n"])
+    parking = Parking(tmp_path)
+    parking.park("provider:openai", QUOTA, "q", reset_at=None, backoff=0.01, backoff_max=0.01)
+    time.sleep(0.02)  # the park's time has passed
+    assert admission.admit("opencode")  # the probe
+    running["n"] = 1
+    assert not admission.admit("opencode")  # the others wait for it
+    parking.got_through("provider:openai")  # it reached the provider
+    assert admission.admit("opencode")
+    running["n"] = 0
+    parking.park("provider:openai", AUTH, "401", reset_at=None, backoff=1, backoff_max=1)
+    parking.resume()
+    running["n"] = 2
+    assert admission.admit("opencode")  # a person's resume is not a probe
