@@ -478,3 +478,27 @@ def test_a_spent_budget_parks_is_explained_notified_and_raised_by_resume(tmp_pat
         assert rig.run_once() == 0 and rig.landed(waiting)
     finally:
         receiver.close()
+
+
+def test_give_back_undoes_a_handover_in_bd_and_in_the_jsonl_file(tmp_path, monkeypatch):
+    from beads_runner.tracker.bd import BdTracker
+    from tests.fakes.bd_standin import create_issue, make_beads_repo, put_bd_on_path
+
+    put_bd_on_path(monkeypatch)
+    monkeypatch.delenv("BD_STANDIN_FAULTS", raising=False)
+    repo = make_beads_repo(tmp_path / "bd")
+    bd = BdTracker(repo, actor="runner", timeout=20, busy_backoff=0.01)
+    jsonl_repo = new_repo(tmp_path / "jsonl")
+    (jsonl_repo / ".beads").mkdir()
+    jsonl = JsonlTracker(jsonl_repo)
+    jsonl.init()
+    ids = {"bd": create_issue(repo, "Went wrong", "-l", "keep"), "jsonl": jsonl.create("Went wrong", id="j-1").id}
+    jsonl_raw = jsonl_repo / ".beads" / "issues.jsonl"
+    jsonl_raw.write_text(jsonl_raw.read_text().replace('"title":"Went wrong"', '"title":"Went wrong","labels":["keep"]'))
+    for name, tracker in (("bd", bd), ("jsonl", jsonl)):
+        issue_id = ids[name]
+        tracker.claim(issue_id)
+        tracker.hand_to_human(issue_id)
+        tracker.give_back(issue_id)
+        shown = tracker.show(issue_id)
+        assert (shown.status, shown.assignee, shown.labels) == ("open", "", ["keep"]), name
