@@ -210,6 +210,9 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
             seen["session"] = sid
             memory.save(session_id=sid, run_id=ctx.run_id, last_reason=None)
             ctx.note(session_id=sid)
+        if not seen.get("through") and event.get("type") in ("step_start", "text", "tool_use", "step_finish"):
+            seen["through"] = True  # the provider answered: sessions waiting on a probe may start
+            Parking(svc.state_dir).got_through(provider_scope(svc.config))
         if event.get("type") == "tool_use" and not seen["edited"]:
             seen["edited"] = True
             failpoint("session-edited")

@@ -494,7 +494,8 @@ def test_give_back_undoes_a_handover_in_bd_and_in_the_jsonl_file(tmp_path, monke
     jsonl.init()
     ids = {"bd": create_issue(repo, "Went wrong", "-l", "keep"), "jsonl": jsonl.create("Went wrong", id="j-1").id}
     jsonl_raw = jsonl_repo / ".beads" / "issues.jsonl"
-    jsonl_raw.write_text(jsonl_raw.read_text().replace('"title":"Went wrong"', '"title":"Went wrong","labels":["keep"]'))
+    labelled = jsonl_raw.read_text().replace('"title":"Went wrong"', '"title":"Went wrong","labels":["keep"]')
+    jsonl_raw.write_text(labelled)
     for name, tracker in (("bd", bd), ("jsonl", jsonl)):
         issue_id = ids[name]
         tracker.claim(issue_id)
