@@ -503,3 +503,17 @@ def test_give_back_undoes_a_handover_in_bd_and_in_the_jsonl_file(tmp_path, monke
         tracker.give_back(issue_id)
         shown = tracker.show(issue_id)
         assert (shown.status, shown.assignee, shown.labels) == ("open", "", ["keep"]), name
+
+
+def test_bad_requests_on_the_command_line_say_error_and_fix(rig):
+    rig.issue("t-open")
+    cli = CliRunner()
+    for args, words in ((["retry", "t-open"], "was not handed to a person"),
+                        (["cancel", "t-open"], "no run in flight"),
+                        (["retry", "../etc"], "error:"),
+                        (["resume", "--raise-budget", "-1"], "cannot be negative")):
+        out = cli.invoke(main, ["--repo", str(rig.repo), *args])
+        assert out.exit_code == 2, (args, out.output)
+        assert words in out.output and "fix:" in out.output, (args, out.output)
+    out = cli.invoke(main, ["--repo", str(rig.repo), "resume"])
+    assert out.exit_code == 0 and "nothing was parked" in out.output
