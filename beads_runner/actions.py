@@ -176,12 +176,12 @@ def cancel_issue(svc: Services, issue_id: str, *, by: str | None = None, wait: f
 def resume(svc: Services, *, raise_budget: float | None = None) -> dict[str, Any]:
     """End every park now (a provider's quota, refused credentials); with `raise_budget`, today's
     daily budget becomes that many dollars."""
+    if raise_budget is not None and raise_budget < 0:  # refused before anything changes
+        raise RunnerError(f"--raise-budget {raise_budget}: a budget cannot be negative",
+                          fix="give the new daily budget in dollars, e.g. --raise-budget 20")
     parking = Parking(svc.state_dir)
     ended = parking.resume()
     raised = None
     if raise_budget is not None:
-        if raise_budget < 0:
-            raise RunnerError(f"--raise-budget {raise_budget}: a budget cannot be negative",
-                              fix="give the new daily budget in dollars, e.g. --raise-budget 20")
         raised = {"day": parking.raise_budget(raise_budget), "usd": raise_budget}
     return {"resumed": [p.as_dict() for p in ended], "budget": raised}
