@@ -239,6 +239,8 @@ def budget_park(config: Config, state_dir: Path, now: float | None = None,
 
 def parks_in_effect(config: Config, state_dir: Path, now: float | None = None) -> list[Park]:
     """Every park in effect now: the providers' and the budget's."""
+    if not (Path(state_dir) / STATE_DB).exists():
+        return []  # never ran here: nothing parked, and a read must not create the database
     parking = Parking(state_dir)
     found = parking.active(now)
     budget = budget_park(config, state_dir, now, parking)
