@@ -30,6 +30,7 @@ STATE_DIR = ".beads-runner"
 STATE_DB = "state.db"  # the embedded engine's database, in STATE_DIR
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 30 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -45,6 +46,9 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
     if seconds <= 0:
         raise ValueError("a positive duration (\"30s\", \"5m\", \"1h\"); zero or negative is not allowed")
+    if seconds > MAX_DURATION:
+        # Beyond this, timers overflow (OverflowError from a thread's wait) long before anyone waits.
+        raise ValueError(f"a duration of at most {MAX_DURATION / 86400:g} days")
     return seconds
 
 
@@ -85,6 +89,9 @@ class AgentConfig(_Section):
     park_max: Duration = 1800.0
     # How often the provider's log (opencode's) is read for limits during a session.
     limit_check_interval: Duration = 1.0
+    # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
+    # opencode's data, cache and state directories are always writable.
+    writable: list[str] = Field(default_factory=list)
 
     @field_validator("model")
     @classmethod
@@ -101,8 +108,22 @@ class RetryConfig(_Section):
     backoff_max: Duration = 30.0
 
 
+class HatchetConfig(_Section):
+    """engine.kind = "hatchet": where the engine is, and what `beads-runner hatchet up` runs."""
+
+    # The directory with hatchet-lite, hatchet-migrate and hatchet-admin (default: the checkout's
+    # .tools/bin, filled by `make tools`, then PATH).
+    bin_dir: str | None = None
+    # The PostgreSQL `hatchet up` gives the engine; unset: a cluster it creates and owns.
+    database_url: str | None = None
+    # Prefix of the workflow's name on the engine: repositories sharing one engine must differ.
+    # Unset: derived from the repository's first commit, the same in every clone of it.
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9_]{1,40}$")
+
+
 class EngineConfig(_Section):
     kind: Literal["local", "hatchet"] = "local"
+    hatchet: HatchetConfig = Field(default_factory=HatchetConfig)
     max_sessions: int = Field(3, ge=1, le=64)
     max_runs: int = Field(8, ge=1, le=256)  # runs in flight at once (steps other than process)
     # Issues claimed beyond the free sessions, so the next one is ready (claimed, checked) the moment a
@@ -184,6 +205,7 @@ class GateConfig(_Section):
     baseline: StrictBool = False  # fail only for failures the target does not already have
     baseline_match: Annotated[str | None, BeforeValidator(_regex)] = None  # failure lines (default: all)
     baseline_ignore_numbers: StrictBool = True  # line/column numbers do not tell failures apart
+    junit: str | None = Field(None, min_length=1)  # a JUnit XML file the command writes (test counts)
 
     @field_validator("name")
     @classmethod
@@ -213,6 +235,24 @@ class DiffConfig(_Section):
     forbidden: Globs = Field(default_factory=list)  # added to .beads/**, .beads-runner/**, .git/**
     secrets: StrictBool = True  # no added private key, .env file or token
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
+    max_bytes: StrictInt | None = Field(None, ge=1)  # bytes added (new files whole, added lines); unset: no limit
+    binary_allow: Globs = Field(default_factory=list)  # binary files that may land (e.g. "docs/**/*.png")
+
+
+LABEL = r"^[A-Za-z0-9_.:/-]+$"
+
+
+class YardstickConfig(_Section):
+    """`[yardstick]`: the target's gates are the measure; a change that moves them never lands on its own.
+
+    A change to what defines or feeds the gates (this config, a script or Makefile target a gate runs,
+    test/lint config, CI config, `protected` globs), or one that deletes, skips or weakens existing
+    tests, goes to a person, unless the issue carries the label that allows it."""
+
+    enabled: StrictBool = True
+    protected: Globs = Field(default_factory=list)  # more files that define or feed the gates
+    gates_label: str = Field("gates-change", min_length=1, pattern=LABEL)  # allows a change to the gates
+    tests_label: str = Field("tests-change", min_length=1, pattern=LABEL)  # allows fewer/weaker tests
 
 
 NOTIFY_EVENTS = ("landed", "handed_to_person", "parked", "resumed", "budget_reached", "runner_started",
@@ -232,6 +272,9 @@ class NotifyConfig(_Section):
 
 
 class Config(_Section):
+    # How agent sessions and gates are confined (beads_runner/sandbox.py): "auto" and "bwrap" need
+    # bubblewrap (`start` refuses without it); "off" runs them unconfined.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -239,6 +282,7 @@ class Config(_Section):
     gates: list[GateConfig] = Field(default_factory=list)
     diff: DiffConfig = Field(default_factory=DiffConfig)
     notify: list[NotifyConfig] = Field(default_factory=list)
+    yardstick: YardstickConfig = Field(default_factory=YardstickConfig)
 
     @field_validator("gates")
     @classmethod

@@ -18,7 +18,7 @@ import structlog
 
 from beads_runner import costs, procreg
 from beads_runner.config import STATE_DB
-from beads_runner.errors import ClaimConflict, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.explain import trust_problem
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.notify import EngineEventFeed, Notifier
@@ -81,7 +81,6 @@ def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard 
     budget = budget or BudgetGuard(cfg.agent.daily_budget_usd, services.state_dir)
     # No new session while the provider is parked or the daily budget is spent.
     admission = admission or Admission(cfg, services.state_dir, budget_guard=budget)
-    admission.parking.active()  # creates its tables now, outside any engine transaction
     procreg.configure(services.state_dir / "procs")
     r = cfg.engine.retry
     timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
@@ -98,6 +97,8 @@ def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard 
         handler_attempts=cfg.engine.handover_attempts,
         handler_backoff=cfg.engine.handover_backoff,
     )
+    # The parks' tables, created now (the engine has checked the database), outside any engine transaction.
+    admission.parking.active()
     if admission.sessions_in_use is None:
         # After a quota park, one session probes the provider before the others start.
         admission.sessions_in_use = lambda: engine.sessions_in_use(SESSION_KEY)
@@ -147,10 +148,13 @@ class PollResult:
     submitted: list[str] = field(default_factory=list)
     ready: int = 0
     refused: list[str] = field(default_factory=list)
+    tracker_error: str | None = None  # the tracker could not say what is ready: nothing is known
 
 
 class Runner:
     """poll → claim → submit, on top of an engine that runs and resumes the workflow."""
+
+    ONCE_TRACKER_TRIES = 3  # --once: polls in a row the tracker fails before giving up
 
     def __init__(self, services: Services, engine: LocalEngine | None = None):
         self.services = services
@@ -165,6 +169,7 @@ class Runner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.submitted: list[str] = []
+        self.tracker_failed: str | None = None  # --once gave up: the tracker failed on every try
         self.engine.add_listener(self._wake.set)
         self.engine.add_listener(self.budget.invalidate)
         self.engine.add_listener(self.admission.invalidate)
@@ -224,10 +229,12 @@ class Runner:
                 continue
             except TrackerBusy as exc:
                 log.warning("tracker busy, will poll again", error=exc.message)
+                result.tracker_error = exc.message
                 break
             except TrackerError as exc:
                 # A daemon does not die of one bad tracker answer: say it, and ask again next poll.
                 log.error("tracker call failed, will poll again", error=exc.message, fix=exc.fix)
+                result.tracker_error = exc.message
                 break
             if issue is None:
                 break
@@ -238,7 +245,11 @@ class Runner:
                 continue
             if self.engine.active_run(issue.id):
                 continue  # its run holds the claim already
-            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            try:
+                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            except RunnerError:
+                self._release_unsubmitted(issue.id)
+                raise
             if created:
                 self.submitted.append(run_id)
                 result.submitted.append(run_id)
@@ -268,6 +279,16 @@ class Runner:
             except ClaimConflict:
                 continue
         return None
+
+    def _release_unsubmitted(self, issue_id: str) -> None:
+        """The engine refused the run of an issue we just claimed: give the claim back, or it would
+        stay in progress with nobody working on it."""
+        try:
+            self.tracker.release(issue_id)
+            log.warning("could not start a run; released the claim", issue_id=issue_id)
+        except TrackerError as err:
+            log.error("could not start a run nor release the claim; the next start takes it back",
+                      issue_id=issue_id, error=err.message)
 
     def _refuse(self, issue_id: str) -> None:
         """An id that cannot name a branch or a path is never used for one: the issue goes to a person
@@ -300,7 +321,11 @@ class Runner:
                 # Tell the tracker now, if it listens again.
                 self._deliver_local_handover(last[0])
                 continue
-            run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            try:
+                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
+            except RunnerError:
+                self._release_unsubmitted(issue.id)
+                raise
             if created:
                 log.info("took back a stale claim", issue_id=issue.id, run_id=run_id)
                 self.submitted.append(run_id)
@@ -341,6 +366,7 @@ class Runner:
                  resumed=len(self.submitted))
         self.notifier.emit("runner_started", reason=f"{self.services.repo}: up to "
                            f"{self.cfg.engine.max_sessions} sessions", resumed=len(self.submitted))
+        failed_polls = 0
         try:
             next_poll = 0.0
             while not self._stop.is_set():
@@ -349,8 +375,17 @@ class Runner:
                     self._wake.clear()
                     result = self.poll_once()
                     next_poll = now + interval
+                    failed_polls = failed_polls + 1 if result.tracker_error else 0
                     if once and not result.submitted and self._idle():
-                        break
+                        if not result.tracker_error:
+                            break
+                        # "Nothing ready" is not known when the tracker fails: ask again a few times,
+                        # then give up with a non-zero exit instead of claiming all is done.
+                        if failed_polls >= self.ONCE_TRACKER_TRIES:
+                            self.tracker_failed = result.tracker_error
+                            log.error("--once: the tracker failed on every try; giving up",
+                                      error=result.tracker_error, tries=failed_polls)
+                            break
                 self._wake.wait(watch_interval)
                 self._watch_parks()
                 if watcher is not None and watcher.changed():
@@ -389,5 +424,9 @@ class Runner:
         return True
 
     def exit_code(self) -> int:
+        """0: every run seen landed or was skipped; 1: a run failed, or (--once) the tracker never
+        answered what is ready."""
+        if self.tracker_failed is not None:
+            return 1
         runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]
         return 1 if any(r is not None and r.status == "failed" for r in runs) else 0

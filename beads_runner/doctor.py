@@ -67,9 +67,12 @@ def run_checks(repo: Path) -> list[Check]:
 
     def engine_check() -> str:
         if config.engine.kind == "hatchet":
+            from beads_runner.hatchet_local import load_client_env
             from workflows.hatchet import check_hatchet_config
 
-            return check_hatchet_config()
+            from_up = load_client_env(svc.state_dir)
+            detail = check_hatchet_config(contact=True)
+            return detail + (" (settings from `beads-runner hatchet up`)" if from_up else "")
         state = svc.state_dir
         state.mkdir(parents=True, exist_ok=True)
         if not os.access(state, os.W_OK):
@@ -82,15 +85,22 @@ def run_checks(repo: Path) -> list[Check]:
     checks.append(_attempt("engine", engine_check))
 
     def gates_check() -> str:
-        import shutil
-
         if not config.gates:
             return "no gates configured (add [[gates]] so work is checked before it lands)"
-        missing = [g.name for g in config.gates if shutil.which(g.argv[0]) is None and not Path(g.argv[0]).exists()]
+        from quality_gates.gates import missing_commands
+
+        missing = missing_commands(svc.gates, repo)
         if missing:
             raise RunnerError(f"gate command not found for: {', '.join(missing)}",
                               fix="install the tool or correct its `run` in .beads-runner.toml")
         return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
 
     checks.append(_attempt("gates", gates_check))
+
+    def sandbox_check() -> str:
+        from beads_runner import sandbox
+
+        return sandbox.resolve(config.sandbox, repo).describe()
+
+    checks.append(_attempt("sandbox", sandbox_check))
     return checks

@@ -136,6 +136,10 @@ def run_reason(run, *, now: float | None = None, parks: list[Park] | None = None
         return handover_reason(run, branch)
     if run.status == "succeeded":
         out = run.outcome or {}
+        if out.get("superseded"):
+            return Reason("superseded", f"a person's word ended its run: {out.get('superseded')}",
+                          "reopen it (or give it back to the runner's actor) for the runner to take it again",
+                          {**base, "reason": out.get("superseded")})
         if out.get("skipped"):
             return Reason("skipped", f"its last run stopped without working on it: {out.get('reason')}",
                           "what the reason names; a running `beads-runner start` picks it up when it is ready",
@@ -224,7 +228,7 @@ def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = No
             position = None  # a remote engine that did not answer: the reason stands without it
         return done(run_reason(run, now=now, parks=parks, queue_position=position,
                                branch=_branch_kept(svc, issue_id)))
-    if run is not None and run.status == "superseded":
+    if run is not None and (run.status == "superseded" or (run.outcome or {}).get("superseded")):
         return done(run_reason(run, now=now))
     if issue.status == "closed":
         out = (run.outcome or {}) if run is not None and run.status == "succeeded" else {}

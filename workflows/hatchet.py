@@ -24,6 +24,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import BaseModel
 
+from beads_runner import procreg
 from beads_runner.config import Config
 from beads_runner.daemon import PollResult, Runner
 from beads_runner.errors import RunnerError
@@ -53,6 +55,8 @@ REFRESH_EVERY = 60.0
 # After a cancellation, how long the task waits for the step's thread to wind down.
 CANCEL_GRACE = 30.0
 RATE_LIMIT_KEY = "beads-runner-sessions"
+# How often `start` looks for cancelled runs whose issue is still claimed.
+SWEEP_EVERY = 30.0
 # Metadata on every run this runner submits: how `start` finds its own runs again.
 META_WORKFLOW = "beads_workflow"
 META_REPO = "beads_repo"
@@ -74,15 +78,37 @@ _ACTIVE = ("queued", "running")
 
 
 # --- the client -------------------------------------------------------------------------------------
-def make_client():
+def repo_namespace(services: Services | None) -> str:
+    """The prefix of this repository's workflow on the engine: `engine.hatchet.namespace`, else
+    HATCHET_CLIENT_NAMESPACE, else `br_` and the repository's first commit, which every clone shares
+    and no other repository has. Runs of two repositories on one engine never meet."""
+    import os
+
+    if services is None:
+        return os.environ.get("HATCHET_CLIENT_NAMESPACE", "")
+    configured = services.config.engine.hatchet.namespace or os.environ.get("HATCHET_CLIENT_NAMESPACE")
+    if configured:
+        return configured
+    try:
+        identity = services.workspace.root_commit()
+    except Exception:  # noqa: BLE001 - not a git repository (yet): this path is all it has
+        import hashlib
+
+        identity = hashlib.sha1(str(services.repo).encode()).hexdigest()
+    return f"br_{identity[:12]}"
+
+
+def make_client(services: Services | None = None):
     """A Hatchet client from the HATCHET_CLIENT_* environment; opens no connection yet.
 
     Every setting is read now (not at import), so a token exported after start-up counts."""
     from hatchet_sdk import ClientConfig, Hatchet
     from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
 
+    namespace = repo_namespace(services)
     try:
-        config = ClientConfig(tls_config=ClientTLSConfig(), tenacity=TenacityConfig())
+        config = ClientConfig(tls_config=ClientTLSConfig(), tenacity=TenacityConfig(),
+                              **({"namespace": namespace} if namespace else {}))
         return Hatchet(config=config)
     except Exception as exc:  # noqa: BLE001 - pydantic, base64 and JSON errors all mean a bad token
         text = str(exc)
@@ -99,8 +125,9 @@ def make_client():
                           + DOCKER_COMPOSE_ENV) from None
 
 
-def check_hatchet_config() -> str:
-    """For `doctor`: the token is there and parses, and says where the engine is."""
+def check_hatchet_config(contact: bool = False) -> str:
+    """For `doctor`: the token is there and parses, and says where the engine is; with `contact`,
+    the engine answers with that token."""
     from hatchet_sdk.token import extract_claims_from_jwt
 
     hatchet = make_client()
@@ -120,8 +147,12 @@ def check_hatchet_config() -> str:
     if tls != "none" and host.split(":")[0] in ("localhost", "127.0.0.1", "0.0.0.0"):
         raise RunnerError(f"TLS strategy {tls!r} for the local engine at {host}; hatchet-lite speaks plain gRPC",
                           fix="export HATCHET_CLIENT_TLS_STRATEGY=none")
-    return (f"hatchet: tenant {claims.sub}, gRPC {host} (TLS {tls}), API {cfg.server_url}"
-            f"{', namespace ' + cfg.namespace if cfg.namespace else ''} (token parsed; engine not contacted)")
+    where = (f"hatchet: tenant {claims.sub}, gRPC {host} (TLS {tls}), API {cfg.server_url}"
+             f"{', namespace ' + cfg.namespace if cfg.namespace else ''}")
+    if not contact:
+        return where + " (token parsed; engine not contacted)"
+    _wait_for_engine(hatchet, attempts=1)
+    return where + " (engine answered)"
 
 
 # --- failures across the engine boundary ------------------------------------------------------------
@@ -172,6 +203,8 @@ class Channel(Protocol):
 
     def refresh(self, seconds: float) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class HatchetChannel:
     """`ctx.log` (queued, non-blocking), `ctx.put_stream` (sent from a background thread, because it
@@ -203,6 +236,14 @@ class HatchetChannel:
                 self._ctx.put_stream(data)
             except Exception as exc:  # noqa: BLE001
                 log.debug("hatchet stream event failed", error=str(exc))
+
+    def close(self) -> None:
+        """The step is over: let the stream sender send what is queued, then end."""
+        if self._sender is not None:
+            try:
+                self._streams.put(None, timeout=5)
+            except queue.Full:
+                log.debug("hatchet stream sender not stopped: queue full")
 
     def refresh(self, seconds: float) -> None:
         try:
@@ -238,6 +279,11 @@ class HatchetStepContext:
             raise RuntimeError(f"step {step} of run {self.run_id} has no output here; is it an ancestor of "
                                f"{self._step} in the workflow?")
         return self._flow.step(step).output.model_validate(parents[step])
+
+    def close(self) -> None:
+        close = getattr(self._channel, "close", None)
+        if close is not None:
+            close()
 
     def log(self, event: str, **fields: Any) -> None:
         self._bound.info(event, **fields)
@@ -277,6 +323,27 @@ def ancestors(flow: WorkflowSpec, name: str) -> list[str]:
             seen.add(p)
             todo.extend(flow.step(p).parents)
     return [s.name for s in flow.steps if s.name in seen]
+
+
+PROCEED_FIELD = "proceed"
+DEFINITION_PREFIX = "beads-runner definition "
+
+
+def definition_version(flow: WorkflowSpec, config: Config) -> str:
+    """A short hash of everything in the definition that comes from the config (retries, timeouts,
+    the session cap, the rate limit): two processes with the same policies register the same version."""
+    import hashlib
+
+    eng = config.engine
+    policy = {
+        "flow": flow.name, "steps": [[s.name, list(s.parents), s.concurrency_key, step_timeout(s, config)]
+                                     for s in flow.steps],
+        "retry": eng.retry.model_dump(), "max_sessions": eng.max_sessions, "step_timeout": eng.step_timeout,
+        "sessions_per_minute": eng.sessions_per_minute, "schedule": [PROCESS_SCHEDULE_TIMEOUT.total_seconds(),
+                                                                     SCHEDULE_TIMEOUT.total_seconds()],
+    }
+    digest = hashlib.sha256(json.dumps(policy, sort_keys=True, default=str).encode()).hexdigest()
+    return f"b{digest[:12]}"
 
 
 class _Pool:
@@ -324,9 +391,10 @@ async def _run_in_thread(pool: _Pool, fn: Callable[..., Any], *args: Any, cancel
 
 
 def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FLOW,
-                   channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY):
+                   channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY,
+                   guard: Callable[[str, str], str | None] | None = None):
     """The Hatchet workflow for `flow`, with the policies of `config`. Registers nothing by itself."""
-    from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context
+    from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context, ParentCondition
     from hatchet_sdk.rate_limit import RateLimit
     from hatchet_sdk.types.idempotency import StatusBasedIdempotencyConfig
 
@@ -335,13 +403,19 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
     retries = r.attempts - 1  # Hatchet's `retries` counts the tries after the first one
     pool = _Pool(eng.max_sessions + eng.max_runs + 2)
     budget = sum(step_timeout(s, config) * r.attempts for s in flow.steps)
+    namespace = getattr(getattr(hatchet, "config", None), "namespace", "") or ""
     wf = hatchet.workflow(
         name=flow.name,
         input_validator=flow.input,
-        # One active run per issue, like the embedded engine's unique index; released when the
-        # run ends. The fallback only frees a key whose run Hatchet somehow never finished.
+        # The definition's policies, hashed: every process registering the same policies registers
+        # the same version, and a worker whose policies differ can be told apart (and refused).
+        # (Hatchet v0.104 does not store `version`; it keeps the description of each version.)
+        description=f"{DEFINITION_PREFIX}{definition_version(flow, config)}",
+        # One run per issue while its first step is active (Hatchet holds the key only on the root
+        # task); `root_step_guard` extends that to the whole DAG. Keys are tenant-wide: scope them
+        # to this repository's namespace. The fallback only frees a key Hatchet never released.
         idempotency=StatusBasedIdempotencyConfig(
-            key_expression="input.issue_id",
+            key_expression=f"'{namespace}' + ':' + input.issue_id",
             fallback_ttl=PROCESS_SCHEDULE_TIMEOUT + _seconds(budget + r.backoff_max * r.attempts * len(flow.steps))),
     )
     tasks: dict[str, Any] = {}
@@ -369,8 +443,19 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
                         extended += refresh_every
 
             try:
+                if spec is flow.steps[0] and guard is not None:
+                    other = await asyncio.to_thread(guard, flow.key(input), sctx.run_id)
+                    if other is not None:
+                        sctx.log("another run of this issue is active", other_run=other)
+                        return spec.output(**{PROCEED_FIELD: False,
+                                              "reason": f"run {other} of this issue is already active"})
+                if session:
+                    # A session another worker started in this worktree and then died with: kill it
+                    # before this attempt starts another there. One worktree, one agent.
+                    await asyncio.to_thread(procreg.reap_orphans)
                 return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel, watch=watch)
             finally:
+                sctx.close()
                 sctx._bound.debug("step left", elapsed_s=round(time.monotonic() - started, 3))
 
         task_fn.__name__ = spec.name.replace("-", "_")
@@ -392,6 +477,15 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
         missing = [p for p in spec.parents if p not in tasks]
         if missing:
             raise ValueError(f"step {spec.name}: parents {missing} must come before it in {flow.name}")
+        root = flow.steps[0]
+        if spec is not root and PROCEED_FIELD in root.output.model_fields:
+            # The first step says whether the run is ours to do; when not, Hatchet skips the rest
+            # before they are queued, so a run that is not ours never takes a session slot. The key
+            # is fixed (not the SDK's timestamped default) so that equal configs give equal versions.
+            skip = ParentCondition(parent=tasks[root.name], expression=f"output.{PROCEED_FIELD} == false",
+                                   readable_data_key=f"{root.name}-{PROCEED_FIELD}")
+            skip.base.or_group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"beads-runner/{flow.name}/{spec.name}/skip"))
+            options["skip_if"] = [skip]
         tasks[spec.name] = wf.task(
             name=spec.name,
             parents=[tasks[p] for p in ancestors(flow, spec.name)],
@@ -440,10 +534,78 @@ def _put_rate_limit(hatchet: Any, config: Config) -> None:
         hatchet.rate_limits.put(RATE_LIMIT_KEY, config.engine.sessions_per_minute, RateLimitDuration.MINUTE)
 
 
+def active_run_guard(hatchet: Any, services: Services, flow: WorkflowSpec = TASK_FLOW
+                     ) -> Callable[[str, str], str | None]:
+    """For the first step: the id of another active run of the same issue that came first, if any.
+
+    Hatchet's idempotency key is held only while the first step runs; this keeps one run per issue
+    for the whole DAG. The oldest active run is the one that works; a later one ends as not ours."""
+    engine = HatchetEngine(hatchet, None, services, flow=flow)
+
+    def guard(key: str, run_id: str) -> str | None:
+        try:
+            views = [engine._summary_view(r) for r in engine._list(_ACTIVE, 20, key)]
+        except HatchetUnavailable as exc:
+            log.warning("could not check for other runs of the issue", issue_id=key, error=exc.message)
+            return None
+        others = [v for v in views if v.id != run_id]
+        if not others:
+            return None
+        mine = next((v for v in views if v.id == run_id), None)
+        first = min(others, key=lambda v: (v.created_at, v.id))
+        if mine is not None and (mine.created_at, mine.id) < (first.created_at, first.id):
+            return None
+        return first.id
+
+    return guard
+
+
+def register_definition(hatchet: Any, services: Services, wf: Any) -> None:
+    """Register this configuration's workflow with the engine over gRPC (`start` does, before it
+    claims anything): it proves the engine is reachable and makes this the definition runs use."""
+    from hatchet_sdk.clients.admin import AdminClient
+
+    try:
+        AdminClient(hatchet.config, None, None).put_workflow(wf.to_proto())  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001
+        raise RunnerError(f"could not register the workflow with the Hatchet engine at {hatchet.config.host_port} "
+                          f"(gRPC): {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                          fix="check HATCHET_CLIENT_HOST_PORT and that the engine's gRPC port is reachable") from None
+
+
+def registered_version(hatchet: Any, flow: WorkflowSpec = TASK_FLOW) -> str | None:
+    """The version of the workflow the engine runs now (the latest registered), or None if none is."""
+    name = hatchet.config.apply_namespace(flow.name)
+    found = hatchet.workflows.list(workflow_name=flow.name, limit=50)
+    for row in found.rows or []:
+        if row.name == name:
+            config = hatchet.workflows.get_version(row.metadata.id).workflow_config or {}
+            description = str(config.get("description") or "")
+            return description.removeprefix(DEFINITION_PREFIX) if description.startswith(DEFINITION_PREFIX) else ""
+    return None
+
+
+def check_same_definition(hatchet: Any, services: Services, flow: WorkflowSpec = TASK_FLOW) -> None:
+    """A worker whose policies differ from the registered definition would register a second
+    version, and Hatchet caps sessions per version: the cap would double. Refuse instead."""
+    mine = definition_version(flow, services.config)
+    try:
+        theirs = registered_version(hatchet, flow)
+    except Exception as exc:  # noqa: BLE001 - the engine was reached already; say what failed
+        log.warning("could not read the registered workflow version", error=str(exc).splitlines()[0])
+        return
+    if theirs is not None and theirs != mine:
+        raise RunnerError(
+            f"this worker's workflow definition ({mine}) differs from the one registered on the engine ({theirs}): "
+            "its retries, timeouts or session cap differ, and Hatchet would cap sessions per definition",
+            fix="use the same [engine] and [agent] settings in .beads-runner.toml on every machine and restart "
+                "`beads-runner start` (it registers the definition) before the workers")
+
+
 def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
     """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
-    hatchet = hatchet or make_client()
-    wf = build_workflow(hatchet, services.config)
+    hatchet = hatchet or make_client(services)
+    wf = build_workflow(hatchet, services.config, guard=active_run_guard(hatchet, services))
     worker = hatchet.worker(name or f"beads-runner-{socket.gethostname()}", slots=worker_slots(services.config),
                             workflows=[wf])
     return worker, wf
@@ -453,9 +615,19 @@ def run_worker(services: Services, name: str | None = None) -> None:
     """`beads-runner worker`: run this repository's steps for the Hatchet engine until stopped."""
     from beads_runner.services import register_services
 
+    import os
+
     register_services(services)
-    hatchet = make_client()
+    # Steps find their repository by the run's input, which names the path on the submitting
+    # machine; on this worker it is this clone.
+    os.environ.setdefault("BEADS_RUNNER_REPO", str(services.repo))
+    hatchet = make_client(services)
     _wait_for_engine(hatchet)
+    check_same_definition(hatchet, services)
+    # Agents and gates are recorded, so that those a killed worker left behind can be found: this
+    # worker reaps them now, and before each step it runs (its owner may have died meanwhile).
+    procreg.configure(services.state_dir / "procs")
+    procreg.reap_orphans()
     _put_rate_limit(hatchet, services.config)
     worker, _ = build_worker(services, name, hatchet)
     cfg = hatchet.config
@@ -484,8 +656,8 @@ def _wait_for_engine(hatchet: Any, attempts: int = 10, delay: float = 1.0) -> No
                 time.sleep(min(10.0, delay * 2 ** n))
     raise RunnerError(
         f"cannot reach the Hatchet engine (API {hatchet.config.server_url}, gRPC {hatchet.config.host_port}): {last}",
-        fix="start it (`docker compose up -d` in the beads-runner checkout, see docs/hatchet.md) and check "
-            "HATCHET_CLIENT_HOST_PORT and HATCHET_CLIENT_TLS_STRATEGY")
+        fix="start it (`beads-runner hatchet up` on this machine, or `docker compose up -d`; see docs/hatchet.md) "
+            "and check HATCHET_CLIENT_HOST_PORT and HATCHET_CLIENT_TLS_STRATEGY")
 
 
 # --- `start` on Hatchet ------------------------------------------------------------------------------
@@ -503,9 +675,12 @@ class HatchetEngine:
         self.workflow = workflow
         self.flow = flow
         self.services = services
-        self.repo = str(services.repo)
+        self.repo = repo_namespace(services)  # the same on every machine working this repository
         self._listeners: list[Callable[[], None]] = []
         self.started = False
+        # Runs this process started and has not yet seen end: the runs list is read from the engine's
+        # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
+        self._pending: set[str] = set()
 
     # submitting
     def submit(self, inp: BaseModel) -> tuple[str, bool]:
@@ -519,6 +694,7 @@ class HatchetEngine:
         except Exception as exc:  # noqa: BLE001
             raise HatchetUnavailable(f"could not start a run for {key}: {exc}",
                                      fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        self._pending.add(ref.workflow_run_id)
         return ref.workflow_run_id, True
 
     def _meta(self, key: str | None = None) -> dict[str, str]:
@@ -529,16 +705,33 @@ class HatchetEngine:
 
     # reading
     def _list(self, statuses: tuple[str, ...] | None, limit: int, key: str | None) -> list[Any]:
+        """This repository's runs (of one issue, with `key`), newest first.
+
+        The SDK's `runs.list` sends no metadata operator, and the engine then ORs the pairs: every run
+        of the repository would match any issue. The REST API takes the operator: ask for AND, and
+        check the pairs here as well, so a server that ignores it cannot mislead us."""
         from hatchet_sdk import V1TaskStatus
 
         wanted = [V1TaskStatus(s) for s, ours in _STATUS.items() if statuses is None or ours in statuses]
+        meta = self._meta(key)
         try:
-            result = self.hatchet.runs.list(
-                since=datetime.now(tz=UTC) - timedelta(days=6), statuses=wanted, limit=limit,
-                additional_metadata=self._meta(key), include_payloads=True)
+            rows = self._list_rows(wanted, limit, meta)
         except Exception as exc:  # noqa: BLE001
             raise HatchetUnavailable(f"could not list Hatchet runs: {exc}",
                                      fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        return [r for r in rows if all(str((r.additional_metadata or {}).get(k)) == v for k, v in meta.items())]
+
+    def _list_rows(self, wanted: list[Any], limit: int, meta: dict[str, str]) -> list[Any]:
+        """One call to the engine's REST API: runs with all of `meta` (AND), of the statuses wanted."""
+        from hatchet_sdk.clients.rest.api.workflow_runs_api import WorkflowRunsApi
+        from hatchet_sdk.clients.rest.models.v1_additional_metadata_operator import V1AdditionalMetadataOperator
+
+        with self.hatchet.runs.client() as client:
+            result = WorkflowRunsApi(client).v1_workflow_run_list(
+                tenant=self.hatchet.config.tenant_id, since=datetime.now(tz=UTC) - timedelta(days=6),
+                only_tasks=False, statuses=wanted, limit=limit,
+                additional_metadata=[f"{k}:{v}" for k, v in meta.items()],
+                additional_metadata_operator=V1AdditionalMetadataOperator.AND, include_payloads=True)
         return list(result.rows or [])
 
     def _summary_view(self, row: Any) -> RunView:
@@ -639,7 +832,23 @@ class HatchetEngine:
         return self._summary_view(rows[0]).id if rows else None
 
     def has_active_runs(self) -> bool:
-        return bool(self._list(_ACTIVE, 1, None))
+        if self._list(_ACTIVE, 1, None):
+            return True
+        for run_id in list(self._pending):
+            view = self.get_run(run_id)
+            if view is not None and view.status not in _ACTIVE:
+                self._pending.discard(run_id)
+        return bool(self._pending)
+
+    def settled_run(self, run_id: str, tries: int = 5, delay: float = 1.0) -> RunView | None:
+        """The run once the engine can show it (a run just started may not be readable for a moment)."""
+        for n in range(tries):
+            view = self.get_run(run_id)
+            if view is not None:
+                return view
+            if n + 1 < tries:
+                time.sleep(delay)
+        return None
 
     # the loop
     def start(self) -> None:
@@ -658,7 +867,7 @@ class HatchetEngine:
 
 def hatchet_engine(services: Services) -> HatchetEngine:
     """The Hatchet engine of a repository's configuration, for `submit`, `status` and `logs`."""
-    client = make_client()
+    client = make_client(services)
     return HatchetEngine(client, build_workflow(client, services.config), services)
 
 
@@ -667,13 +876,62 @@ class HatchetRunner(Runner):
 
     def __init__(self, services: Services, engine: HatchetEngine):
         super().__init__(services, engine=engine)  # type: ignore[arg-type]
+        self._next_sweep = 0.0
+        self._swept_file = services.state_dir / "hatchet" / "swept-runs.json"
 
     def poll_once(self) -> PollResult:
         try:
+            self.sweep_cancelled()
             return super().poll_once()
         except HatchetUnavailable as exc:
             log.warning("hatchet unavailable, will poll again", error=exc.message)
             return PollResult()
+
+    def sweep_cancelled(self, force: bool = False) -> list[str]:
+        """Hatchet runs no on-failure task for a CANCELLED run (cancelled through the API or the
+        dashboard, or by a schedule timeout): its issue would stay claimed for ever. Hand each such
+        issue to a person, with a comment; its branch is kept. Returns the issues handed over."""
+        now = time.monotonic()
+        if not force and now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_EVERY
+        try:
+            swept = set(json.loads(self._swept_file.read_text()))
+        except (OSError, ValueError):
+            swept = set()
+        handed: list[str] = []
+        for row in self.engine._list(("cancelled",), 100, None):
+            view = self.engine._summary_view(row)
+            if view.id in swept or not view.key:
+                continue
+            tracker = self.tracker
+            try:
+                issue = tracker.show(view.key)
+                if issue.status == "in_progress" and issue.assignee == tracker.actor \
+                        and not self.engine.active_run(view.key):
+                    tracker.comment(view.key, f"beads-runner: its Hatchet run {view.id} was cancelled (through the "
+                                              "API or dashboard, or by a schedule timeout), so nothing landed; the "
+                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run it again.")
+                    tracker.hand_to_human(view.key)
+                    handed.append(view.key)
+                    log.warning("run was cancelled; handed the issue to a person", issue_id=view.key, run_id=view.id)
+            except RunnerError as exc:
+                log.warning("could not sweep a cancelled run; will try again", run_id=view.id, error=exc.message)
+                continue
+            swept.add(view.id)
+        self._swept_file.parent.mkdir(parents=True, exist_ok=True)
+        self._swept_file.write_text(json.dumps(sorted(swept)))
+        return handed
+
+    def _idle(self) -> bool:
+        if not super()._idle():
+            return False
+        # Before `--once` ends: the issues of runs cancelled meanwhile must not stay claimed.
+        try:
+            self.sweep_cancelled(force=True)
+        except HatchetUnavailable as exc:
+            log.warning("could not sweep cancelled runs", error=exc.message)
+        return True
 
     def reconcile(self) -> list[str]:
         """After a restart: the runs Hatchet still has in flight for this repository are ours again."""
@@ -691,8 +949,16 @@ class HatchetRunner(Runner):
         return super().run(once=once, poll_interval=poll_interval, watch_interval=watch_interval)
 
     def exit_code(self) -> int:
+        """1 if any run failed, or if the engine cannot say how one ended: an unknown end is no success."""
         try:
-            return super().exit_code()
+            for run_id in dict.fromkeys(self.submitted):
+                view = self.engine.settled_run(run_id)
+                if view is None:
+                    log.error("cannot read how a run ended", run_id=run_id)
+                    return 1
+                if view.status in ("failed", "cancelled"):
+                    return 1
+            return 0
         except HatchetUnavailable:
             return 1
 
@@ -708,10 +974,12 @@ def start_with_hatchet(services: Services, once: bool = False, poll_interval: fl
     configure_logging(services.state_dir / "logs")
     services.workspace.check_target()
     services.tracker.version()
-    hatchet = make_client()
+    hatchet = make_client(services)
     _wait_for_engine(hatchet)
     _put_rate_limit(hatchet, services.config)
-    engine = HatchetEngine(hatchet, build_workflow(hatchet, services.config), services)
+    workflow = build_workflow(hatchet, services.config)
+    register_definition(hatchet, services, workflow)  # before the first claim: gRPC works, one definition
+    engine = HatchetEngine(hatchet, workflow, services)
     runner = HatchetRunner(services, engine)
 
     def handler(signum, _frame):

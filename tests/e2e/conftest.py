@@ -38,7 +38,8 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
-def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, extra_config: str = "") -> Path:
+def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, extra_config: str = "",
+                sandbox: str = "auto") -> Path:
     """A git repository with a tiny Python package, a unittest gate and a bd (stand-in) database."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
@@ -52,6 +53,7 @@ def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, e
                                                  "    def test_ok(self):\n        self.assertTrue(True)\n")
     gate = gate or f"{sys.executable} -m unittest discover -s tests -t . -q"
     (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
+        sandbox = "{sandbox}"
         [tracker]
         kind = "bd"
         poll_interval = "1s"

@@ -27,7 +27,8 @@ def task(name, status_, attempt=1, error=None, output=None):
 
 def run_row(run_id, issue, status_):
     return NS(workflow_run_external_id=run_id, metadata=NS(id=run_id), status=NS(value=status_),
-              additional_metadata={hb.META_ISSUE: issue}, created_at=NOW - timedelta(minutes=1),
+              additional_metadata={hb.META_WORKFLOW: "beads-task-execution", hb.META_REPO: "tviews",
+                                   hb.META_ISSUE: issue}, created_at=NOW - timedelta(minutes=1),
               finished_at=None if status_ == "RUNNING" else NOW, input={"issue_id": issue}, error_message=None,
               output=None)
 
@@ -42,6 +43,10 @@ class FakeRuns:
                 task("check-deps", "COMPLETED"), task("process", "COMPLETED"), task("verify", "COMPLETED"),
                 task("commit", "COMPLETED", output={"close_reason": "Landed abcd1234 on main (gates: none)"})]),
         }
+
+    def list_and(self, wanted, limit, meta):
+        """What the engine's REST list answers with the AND operator."""
+        return self.list(statuses=wanted, limit=limit, additional_metadata=meta).rows
 
     def list(self, statuses=None, limit=100, additional_metadata=None, **_):
         wanted = {s.value for s in statuses or []}
@@ -65,8 +70,11 @@ def svc(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    services = Services(repo, Config.model_validate({"engine": {"kind": "hatchet", "max_sessions": 3}}))
-    engine = hb.HatchetEngine(NS(runs=FakeRuns()), workflow=None, services=services)
+    services = Services(repo, Config.model_validate(
+        {"engine": {"kind": "hatchet", "max_sessions": 3, "hatchet": {"namespace": "tviews"}}}))
+    runs = FakeRuns()
+    engine = hb.HatchetEngine(NS(runs=runs), workflow=None, services=services)
+    engine._list_rows = runs.list_and
     monkeypatch.setattr(hb, "hatchet_engine", lambda _svc: engine)
     return services
 
