@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -75,6 +76,9 @@ class TrackerConfig(_Section):
 
 class AgentConfig(_Section):
     kind: Literal["opencode", "command"] = "opencode"
+    # opencode only: "run" = one `opencode run` process per session; "server" = one `opencode serve`
+    # per runner process, sessions over its HTTP API (no start-up cost per session)
+    mode: Literal["run", "server"] = "run"
     command: str | None = None  # opencode: PATH, then node_modules/.bin/opencode. command: required.
     args: list[str] = Field(default_factory=list)  # extra arguments for the executable
     model: str = ""  # provider/model, passed as --model
@@ -92,6 +96,13 @@ class AgentConfig(_Section):
     # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
     # opencode's data, cache and state directories are always writable.
     writable: list[str] = Field(default_factory=list)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_needs_opencode(cls, value: str, info: ValidationInfo) -> str:
+        if value == "server" and info.data.get("kind") == "command":
+            raise ValueError('"run" when agent.kind is "command" (the server mode is opencode\'s)')
+        return value
 
     @field_validator("model")
     @classmethod

@@ -61,7 +61,8 @@ def run_checks(repo: Path) -> list[Check]:
         exe = agent.resolve_executable() if hasattr(agent, "resolve_executable") else config.agent.command
         version = agent.version() if hasattr(agent, "version") else "?"
         model = config.agent.model or "(opencode's default model)"
-        return f"{config.agent.kind} {version} at {exe}; model {model}"
+        mode = f" (mode {config.agent.mode})" if config.agent.kind == "opencode" else ""
+        return f"{config.agent.kind} {version} at {exe}{mode}; model {model}"
 
     checks.append(_attempt("agent", agent_check))
 
@@ -83,6 +84,19 @@ def run_checks(repo: Path) -> list[Check]:
         return f"local (SQLite at {state / 'state.db'}), max_sessions={config.engine.max_sessions}"
 
     checks.append(_attempt("engine", engine_check))
+
+    if config.engine.kind == "hatchet" and config.land.push:
+        def shared_tracker_check() -> str:
+            # Several machines (land.push) work one backlog only if they all read and claim in one tracker.
+            if config.tracker.kind == "jsonl":
+                raise RunnerError("land.push = true (several machines) with the jsonl tracker: each clone has its "
+                                  "own .beads/issues.jsonl, so two machines can claim the same issue",
+                                  fix="use bd with one shared database (bd's server mode, or a Dolt remote every "
+                                      "machine syncs), or run start and all workers on one machine (land.push = false)")
+            return ("bd: every machine must reach the same bd database (bd's server mode or a shared Dolt remote); "
+                    "claims are read back, so a stale copy loses the claim rather than working an issue twice")
+
+        checks.append(_attempt("shared tracker", shared_tracker_check))
 
     def gates_check() -> str:
         if not config.gates:

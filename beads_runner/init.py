@@ -28,6 +28,7 @@ actor = "beads-runner"    # passed as --actor on every bd call; claims and comme
 [agent]
 kind = "opencode"         # or "command": any CLI that takes the prompt on stdin
 # command = "opencode"    # default: opencode on PATH, then node_modules/.bin/opencode
+# mode = "run"            # opencode: "run" (a process per session) or "server" (one `opencode serve`)
 model = "{model}"         # provider/model, passed as --model
 timeout = "30m"           # wall-clock limit of one session
 stall_timeout = "5m"      # no event from the agent for this long: kill it and retry

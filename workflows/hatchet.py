@@ -397,6 +397,7 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
     from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context, ParentCondition
     from hatchet_sdk.rate_limit import RateLimit
     from hatchet_sdk.types.idempotency import StatusBasedIdempotencyConfig
+    from hatchet_sdk.types.sticky import StickyStrategy
 
     eng = config.engine
     r = eng.retry
@@ -411,6 +412,10 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
         # the same version, and a worker whose policies differ can be told apart (and refused).
         # (Hatchet v0.104 does not store `version`; it keeps the description of each version.)
         description=f"{DEFINITION_PREFIX}{definition_version(flow, config)}",
+        # A run's steps stay on the worker that ran its first one, so verify and commit find the
+        # worktree process left (on another machine it would not exist). SOFT, not HARD: when that
+        # worker dies, the run moves on rather than waiting for it for ever.
+        sticky=StickyStrategy.SOFT,
         # One run per issue while its first step is active (Hatchet holds the key only on the root
         # task); `root_step_guard` extends that to the whole DAG. Keys are tenant-wide: scope them
         # to this repository's namespace. The fallback only frees a key Hatchet never released.
@@ -911,7 +916,8 @@ class HatchetRunner(Runner):
                         and not self.engine.active_run(view.key):
                     tracker.comment(view.key, f"beads-runner: its Hatchet run {view.id} was cancelled (through the "
                                               "API or dashboard, or by a schedule timeout), so nothing landed; the "
-                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run it again.")
+                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run "
+                                              "it again.")
                     tracker.hand_to_human(view.key)
                     handed.append(view.key)
                     log.warning("run was cancelled; handed the issue to a person", issue_id=view.key, run_id=view.id)

@@ -19,6 +19,9 @@ from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, stand
 ROOT = Path(__file__).resolve().parents[2]
 OPENCODE = ROOT / "node_modules" / ".bin" / "opencode"
 BEADS_RUNNER = Path(sys.executable).parent / "beads-runner"
+# agent.mode of the repositories sample_repo() makes; tests of the server mode run the same test
+# bodies with this set to "server" (tests/e2e/test_server_mode.py).
+AGENT_MODE = "run"
 
 
 def pytest_collection_modifyitems(items):
@@ -60,6 +63,7 @@ def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, e
 
         [agent]
         model = "scripted/scripted"
+        mode = "{AGENT_MODE}"
         timeout = "4m"
         stall_timeout = "2m"
 

@@ -153,10 +153,11 @@ def session_log_wrapper(path: Path, log: Path, opencode: Path) -> Path:
     agents' own account of how many ran at once, whatever engine scheduled them."""
     path.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
-        import json, os, subprocess, sys, time
+        import json, os, subprocess, sys, time, uuid
+        token = uuid.uuid4().hex  # not the pid: each sandboxed session has a pid namespace of its own
         def note(kind, **extra):
             with open({str(log)!r}, "a") as f:
-                f.write(json.dumps({{"kind": kind, "t": time.time(), "pid": os.getpid(), "cwd": os.getcwd(),
+                f.write(json.dumps({{"kind": kind, "t": time.time(), "pid": token, "cwd": os.getcwd(),
                                     **extra}}) + "\\n")
         note("start")
         try:
@@ -170,7 +171,7 @@ def session_log_wrapper(path: Path, log: Path, opencode: Path) -> Path:
 
 
 def session_intervals_from(log: Path) -> list[tuple[float, float, str]]:
-    starts: dict[int, tuple[float, str]] = {}
+    starts: dict[str, tuple[float, str]] = {}
     out = []
     for line in log.read_text().splitlines():
         rec = json.loads(line)

@@ -227,3 +227,25 @@ def _processes_in(directory: Path) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def test_server_mode_sees_a_spent_quota_in_its_retry_events_and_stops_at_once(tmp_path, runner_env):
+    """agent.mode = "server": opencode's retry status carries the provider's words; the first one that
+    is a spent quota ends the session, reported as a limit (the run is parked, not failed)."""
+    from beads_runner.agent import make_agent
+    from beads_runner.agent.base import SessionRequest
+    from beads_runner.config import AgentConfig
+
+    env, server = runner_env({"outage": {**QUOTA, "seconds": 600}, "scenarios": []})
+    repo = tmp_path / "wt"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    agent = make_agent(AgentConfig(mode="server", model="scripted/scripted", timeout=120, stall_timeout=90,
+                                   env={k: v for k, v in env.items() if k.startswith(("OPENCODE", "XDG"))}), tmp_path)
+    try:
+        result = agent.run(SessionRequest(issue_id="tt-q", prompt="Issue tt-q", workdir=repo, title="q"))
+    finally:
+        agent.close()
+    assert result.limit is not None and result.limit["kind"] == "quota", result.reason
+    assert not result.ok and result.retryable and not result.stalled
+    assert 1 <= sum(1 for a in server.answers if a["status"] == 429) <= 2  # asked once or twice, then stopped

@@ -56,6 +56,9 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     ({"land": {"target": ""}}, "land.target", "at least 1 character"),
     ({"trackr": {}}, "trackr", "unknown key"),
     ({"agent": {"modle": "a/b"}}, "agent.modle", "unknown key (not a setting of [agent]"),
+    ({"agent": {"mode": "daemon"}}, "agent.mode", "'run' or 'server'"),
+    ({"agent": {"kind": "command", "command": "x", "mode": "server"}}, "agent.mode",
+     'must be "run" when agent.kind is "command"'),
 ])
 def test_errors_name_the_key(data, key, words) -> None:
     text = error_of(data)
