@@ -291,10 +291,14 @@ def status(ctx: click.Context, as_json: bool, watch: bool, limit: int) -> None:
       repo, generated_at (Unix time)
       sessions  {in_use, cap}
       spending  {day (UTC), spent_usd, budget_usd (null: none), exceeded, message}
+      parked    [{scope, kind (quota|auth|budget), reason, since, until (null: until resume),
+                  until_resume, change, issue_id, run_id, strikes}]
       running, queued, blocked, recent: lists of runs, each with
         run_id, run (short id), issue_id, title, status, phase, step, step_status,
         attempt, max_attempts, retry_at, elapsed_s, created_at, finished_at,
-        failed_step, error, outcome, commit, steps, attempts, sessions, tokens, cost
+        failed_step, error, outcome, commit, steps, attempts, sessions, tokens, cost,
+        reason {code, summary, change, ...} (the codes of `explain`),
+        handover_recorded_locally
       failures  [{issue_id, run_id, run, step, attempt, at, reason, final}]
     With --watch, --json prints one such object (on one line) a second.
     """
@@ -399,6 +403,86 @@ def verify(ctx: click.Context, issue_ids: tuple[str, ...], since: str | None, wi
         bad = sum(1 for v in verdicts if not v.ok)
         click.echo(f"{len(verdicts)} issue(s) checked, {bad} mismatch(es)" if verdicts else "no landed issue to verify")
     sys.exit(1 if any(not v.ok for v in verdicts) else 0)
+
+
+@main.command()
+@click.argument("issue_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def explain(ctx: click.Context, issue_id: str, as_json: bool) -> None:
+    """Why ISSUE_ID is or is not being worked on now, and what would change it.
+
+    \b
+    --json: {code, summary, change, issue_id, title, status, run_id, ...details of the code};
+    the codes are listed in docs/reliability.md and appear in `status --json` as each run's `reason`.
+    """
+    from beads_runner.explain import explain as explain_issue, render
+
+    reason = explain_issue(_services(ctx), issue_id)
+    click.echo(json.dumps(reason.as_dict(), indent=2, default=str) if as_json else render(reason))
+
+
+# --- a person's hand ------------------------------------------------------------------------------
+@main.command()
+@click.argument("issue_id")
+@click.option("--fresh", is_flag=True, help="Start from the target branch (the old branch is renamed and kept).")
+@click.option("--by", default=None, help="Who asks (default: $BEADS_RUNNER_PERSON or the login name).")
+@click.pass_context
+def retry(ctx: click.Context, issue_id: str, fresh: bool, by: str | None) -> None:
+    """Run an issue that was handed to a person again: remove needs-human, reopen it, submit a run."""
+    from beads_runner.actions import retry_issue
+
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=False)
+    done = retry_issue(svc, issue_id, fresh=fresh, by=by)
+    start = "afresh from the target" if fresh else "from its kept branch"
+    click.echo(f"{issue_id}: reopened and submitted as {done['run_id']}, {start}"
+               + (f"; the earlier work is on {done['kept_branch']}" if done["kept_branch"] else ""))
+    click.echo("a running `beads-runner start` picks it up")
+
+
+@main.command()
+@click.argument("issue_id")
+@click.option("--by", default=None, help="Who cancels (default: $BEADS_RUNNER_PERSON or the login name).")
+@click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for the run to stop.")
+@click.pass_context
+def cancel(ctx: click.Context, issue_id: str, by: str | None, wait_s: float) -> None:
+    """Stop an issue's run now; keep its branch; hand the issue to a person, saying who cancelled it."""
+    from beads_runner.actions import cancel_issue
+
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=False)
+    done = cancel_issue(svc, issue_id, by=by, wait=wait_s)
+    if done["done"]:
+        click.echo(f"{issue_id}: run {done['run_id']} cancelled by {done['by']}; the issue is with a person, "
+                   f"its branch kept")
+    else:
+        click.echo(f"{issue_id}: cancel of {done['run_id']} requested; the runner running it stops it "
+                   f"(status now {done['status']})")
+
+
+@main.command()
+@click.option("--raise-budget", "raise_budget", type=float, default=None,
+              help="Today's (UTC) daily budget in dollars, over agent.daily_budget_usd.")
+@click.pass_context
+def resume(ctx: click.Context, raise_budget: float | None) -> None:
+    """End every park (a provider's quota or refused credentials) now; optionally raise today's budget."""
+    from beads_runner.actions import resume as resume_parks
+    from beads_runner.notify import Notifier
+
+    svc = _services(ctx)
+    done = resume_parks(svc, raise_budget=raise_budget)
+    notifier = Notifier(svc.config.notify, repo=str(svc.repo)).start()
+    for park in done["resumed"]:
+        click.echo(f"resumed {park['scope']} (was parked: {park['reason']})")
+        notifier.emit("resumed", reason=f"{park['scope']}: resumed by hand", scope=park["scope"])
+    if done["budget"]:
+        click.echo(f"today's budget ({done['budget']['day']}, UTC) is now ${done['budget']['usd']:.2f}")
+        if not done["resumed"]:
+            notifier.emit("resumed", reason=f"daily budget raised to ${done['budget']['usd']:.2f}")
+    if not done["resumed"] and not done["budget"]:
+        click.echo("nothing was parked")
+    notifier.close()
 
 
 # --- hatchet ------------------------------------------------------------------------------------

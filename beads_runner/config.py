@@ -67,6 +67,11 @@ class TrackerConfig(_Section):
     path: str = ".beads/issues.jsonl"  # the jsonl tracker's file, relative to the repo
     poll_interval: Duration = 5.0  # how often `start` asks for ready work (changes in .beads/ wake it sooner)
     timeout: Duration = 60.0  # one bd call
+    # Only trusted work, when asked: claim only issues carrying all these labels ...
+    require_labels: list[str] = Field(default_factory=list)
+    # ... and only issues created by these actors (empty: anyone). Issues created by the runner's own
+    # actor or its agent's (`<actor>-agent`) are never claimed without `require_labels`, set by a person.
+    trusted_creators: list[str] = Field(default_factory=list)
 
 
 class AgentConfig(_Section):
@@ -82,6 +87,12 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+    # A provider's quota spent without a reset time in its answer: sessions wait this long, doubled
+    # at each park in a row, at most park_max, before one tries again.
+    park_backoff: Duration = 60.0
+    park_max: Duration = 1800.0
+    # How often the provider's log (opencode's) is read for limits during a session.
+    limit_check_interval: Duration = 1.0
     # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
     # opencode's data, cache and state directories are always writable.
     writable: list[str] = Field(default_factory=list)
@@ -133,6 +144,10 @@ class EngineConfig(_Section):
     step_timeout: Duration = 3600.0  # check-deps and commit; process uses agent.timeout, verify the gates'
     sessions_per_minute: int | None = Field(None, ge=1)  # hatchet: rate limit on session starts
     grace_period: Duration = 30.0  # on SIGTERM, how long running sessions may go on before being stopped
+    # When the tracker refuses the failure handler (the comment, the handover): tries, then the handover
+    # is recorded locally (status, explain) and the run ends.
+    handover_attempts: int = Field(3, ge=1, le=20)
+    handover_backoff: Duration = 5.0
 
 
 class LandConfig(_Section):
@@ -251,6 +266,22 @@ class YardstickConfig(_Section):
     tests_label: str = Field("tests-change", min_length=1, pattern=LABEL)  # allows fewer/weaker tests
 
 
+NOTIFY_EVENTS = ("landed", "handed_to_person", "parked", "resumed", "budget_reached", "runner_started",
+                 "runner_stopped")
+
+
+class NotifyConfig(_Section):
+    """One `[[notify]]` entry: POST the events (JSON) to `url`."""
+
+    url: str = Field(pattern=r"^https?://")
+    events: list[Literal[NOTIFY_EVENTS]] = Field(default_factory=list)  # type: ignore[valid-type]  # empty: all
+    headers: dict[str, str] = Field(default_factory=dict)
+    format: Literal["json", "slack"] = "json"
+    timeout: Duration = 10.0
+    retries: int = Field(5, ge=0, le=20)  # after the first try, with backoff
+    backoff: Duration = 1.0
+
+
 class Config(_Section):
     # How agent sessions and gates are confined (beads_runner/sandbox.py): "auto" and "bwrap" need
     # bubblewrap (`start` refuses without it); "off" runs them unconfined.
@@ -261,6 +292,7 @@ class Config(_Section):
     land: LandConfig = Field(default_factory=LandConfig)
     gates: list[GateConfig] = Field(default_factory=list)
     diff: DiffConfig = Field(default_factory=DiffConfig)
+    notify: list[NotifyConfig] = Field(default_factory=list)
     yardstick: YardstickConfig = Field(default_factory=YardstickConfig)
 
     @field_validator("gates")

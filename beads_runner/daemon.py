@@ -20,11 +20,14 @@ import structlog
 from beads_runner import costs, procreg
 from beads_runner.config import STATE_DB
 from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
+from beads_runner.explain import trust_problem
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
+from beads_runner.notify import EngineEventFeed, Notifier
+from beads_runner.parking import Admission, Parking
 from beads_runner.services import Services
 from workflows.local import LocalEngine
-from workflows.spec import RetryPolicy
-from workflows.task_flow import TASK_FLOW, TaskInput
+from workflows.spec import RetryPolicy, StepFailed
+from workflows.task_flow import SESSION_KEY, TASK_FLOW, TaskInput
 
 log = structlog.get_logger("beads_runner.daemon")
 
@@ -34,25 +37,34 @@ class BudgetGuard:
     """Whether today's spend leaves room for another session (agent.daily_budget_usd), asked often by
     the engine and the daemon, so the answer is cached for a few seconds."""
 
-    def __init__(self, budget: float | None, state_dir: Path, ttl: float = 5.0):
+    def __init__(self, budget: float | None, state_dir: Path, ttl: float = 5.0, on_exceeded=None):
         self.budget = budget
         self.state_dir = state_dir
         self.ttl = ttl
+        self.on_exceeded = on_exceeded  # called once a UTC day, when the budget is first found spent
         self._checked = -1e9
         self._exceeded = False
         self._said_on: str | None = None
+        self._parking: Parking | None = None
 
     def exceeded(self) -> bool:
-        if self.budget is None:
-            return False
         now = time.monotonic()
         if now - self._checked >= self.ttl:
-            spent, budget, self._exceeded = costs.budget_status(self.budget, self.state_dir)
+            # `beads-runner resume --raise-budget USD` sets today's budget over the configured one.
+            if self._parking is None:
+                self._parking = Parking(self.state_dir)
+            budget = self._parking.budget_for_today(self.budget)
+            if budget is None:
+                self._checked, self._exceeded = now, False
+                return False
+            spent, budget, self._exceeded = costs.budget_status(budget, self.state_dir)
             self._checked = now
             day = costs.utc_day(time.time())
             if self._exceeded and self._said_on != day:
                 self._said_on = day
                 log.warning(costs.BUDGET_EXCEEDED_MESSAGE, spent_usd=round(spent, 4), budget_usd=budget)
+                if self.on_exceeded is not None:
+                    self.on_exceeded(spent, budget)
         return self._exceeded
 
     def admit(self, _key: str) -> bool:
@@ -63,14 +75,17 @@ class BudgetGuard:
         self._checked = -1e9
 
 
-def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard | None = None) -> LocalEngine:
+def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard | None = None,
+                 admission: Admission | None = None) -> LocalEngine:
     """The embedded engine for a repository, with the policies of its configuration."""
     cfg = services.config
     budget = budget or BudgetGuard(cfg.agent.daily_budget_usd, services.state_dir)
+    # No new session while the provider is parked or the daily budget is spent.
+    admission = admission or Admission(cfg, services.state_dir, budget_guard=budget)
     procreg.configure(services.state_dir / "procs")
     r = cfg.engine.retry
     timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
-    return LocalEngine(
+    engine = LocalEngine(
         services.state_dir / STATE_DB, TASK_FLOW,
         max_sessions=cfg.engine.max_sessions,
         workers=cfg.engine.max_runs + cfg.engine.max_sessions,
@@ -79,8 +94,16 @@ def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard 
         default_timeout=cfg.engine.step_timeout,
         poll=poll,
         before_resume=procreg.reap_orphans,
-        admit=budget.admit if cfg.agent.daily_budget_usd is not None else None,
+        admit=admission.admit,
+        handler_attempts=cfg.engine.handover_attempts,
+        handler_backoff=cfg.engine.handover_backoff,
     )
+    # The parks' tables, created now (the engine has checked the database), outside any engine transaction.
+    admission.parking.active()
+    if admission.sessions_in_use is None:
+        # After a quota park, one session probes the provider before the others start.
+        admission.sessions_in_use = lambda: engine.sessions_in_use(SESSION_KEY)
+    return engine
 
 
 class ChangeWatcher:
@@ -148,8 +171,12 @@ class Runner:
 
     def __init__(self, services: Services, engine: LocalEngine | None = None):
         self.services = services
-        self.budget = BudgetGuard(services.config.agent.daily_budget_usd, services.state_dir)
-        self.engine = engine or build_engine(services, budget=self.budget)
+        self.notifier = Notifier(services.config.notify, repo=str(services.repo))
+        self.budget = BudgetGuard(services.config.agent.daily_budget_usd, services.state_dir,
+                                  on_exceeded=self._budget_reached)
+        self.admission = Admission(services.config, services.state_dir, budget_guard=self.budget)
+        self.parking = self.admission.parking
+        self.engine = engine or build_engine(services, budget=self.budget, admission=self.admission)
         self.tracker = services.tracker
         self.cfg = services.config
         self._wake = threading.Event()
@@ -161,6 +188,29 @@ class Runner:
         self._foreign_change = False
         self.engine.add_listener(self._wake.set)
         self.engine.add_listener(self.budget.invalidate)
+        self.engine.add_listener(self.admission.invalidate)
+        self.feed = EngineEventFeed(self.engine, self.notifier)
+        self._parks_checked = 0.0
+
+    def _budget_reached(self, spent: float, budget: float) -> None:
+        self.notifier.emit("budget_reached", reason=f"spent ${spent:.2f} of ${budget:.2f} today (UTC); no new "
+                           "sessions until the day turns or `beads-runner resume --raise-budget USD`")
+
+    def _watch_parks(self) -> None:
+        """Once a second: parks whose time has passed end (announced once), and notifications go out."""
+        now = time.monotonic()
+        if now - self._parks_checked < 1.0:
+            return
+        self._parks_checked = now
+        try:
+            for park in self.parking.ended():
+                log.info("provider available again: sessions resume", scope=park.scope, kind=park.kind)
+                self.notifier.emit("resumed", reason=f"{park.scope}: the park ({park.kind}) is over",
+                                   scope=park.scope)
+                self.admission.invalidate()
+            self.feed.pump()
+        except Exception as exc:  # noqa: BLE001 - telling people must never stop the runner
+            log.warning("could not read parks or events", error=str(exc))
 
     # --- one pass --------------------------------------------------------------------------
     def free_sessions(self) -> int:
@@ -176,13 +226,15 @@ class Runner:
     def poll_once(self) -> PollResult:
         """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
         result = PollResult()
-        if self.budget.exceeded():
-            return result  # running sessions finish; nothing new is claimed until the UTC day turns
+        self.admission.invalidate()  # a fresh look: the cache is for the engine's frequent questions
+        if self.budget.exceeded() or self.admission.parked():
+            # Running sessions finish; nothing new is claimed until the UTC day turns or the park ends.
+            return result
         free = self.free_sessions()
         conflicts = 0
         while free > 0 and not self._stop.is_set():
             try:
-                issue = self.tracker.claim_next()
+                issue = self._claim_next()
             except ClaimConflict as exc:
                 # Another claimer won the read-back; bd may offer the same issue again at once,
                 # so give up for this pass after a few in a row.
@@ -222,6 +274,29 @@ class Runner:
                 log.info("claimed and submitted", issue_id=issue.id, run_id=run_id, title=issue.title[:80])
             free -= 1
         return result
+
+    def _claim_next(self):
+        """The next ready issue, claimed. With trust settings (tracker.require_labels,
+        tracker.trusted_creators) only issues they allow are claimed: chosen first, then claimed one by
+        one, instead of bd's claim-the-first."""
+        tcfg = self.cfg.tracker
+        if not tcfg.require_labels and not tcfg.trusted_creators:
+            return self.tracker.claim_next()
+        actor = self.tracker.actor
+        for candidate in self.tracker.ready():
+            if candidate.assignee and candidate.assignee != actor:
+                continue
+            if trust_problem(candidate, tcfg, actor) is not None:
+                continue
+            if not is_safe_issue_id(candidate.id):
+                return candidate  # refused (with a comment) by the caller
+            if self.engine.active_run(candidate.id):
+                continue
+            try:
+                return self.tracker.claim(candidate.id)
+            except ClaimConflict:
+                continue
+        return None
 
     def _release_unsubmitted(self, issue_id: str) -> None:
         """The engine refused the run of an issue we just claimed: give the claim back, or it would
@@ -267,6 +342,12 @@ class Runner:
         for issue in claimed:
             if not is_safe_issue_id(issue.id) or self.engine.active_run(issue.id):
                 continue
+            last = self.engine.runs(key=issue.id, limit=1)
+            if last and last[0].status == "failed" and last[0].handler_error:
+                # Handed to a person, recorded only here because the tracker refused it: not ours to take.
+                # Tell the tracker now, if it listens again.
+                self._deliver_local_handover(last[0])
+                continue
             try:
                 run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
             except RunnerError:
@@ -277,6 +358,18 @@ class Runner:
                 self.submitted.append(run_id)
                 submitted.append(run_id)
         return submitted
+
+    def _deliver_local_handover(self, run) -> None:
+        step = next((s for s in run.steps if s.name == run.failed_step), None)
+        try:
+            TASK_FLOW.on_failure(TaskInput.model_validate(run.input), run.id, run.failed_step or "?",
+                                 StepFailed(run.error or "failed", retryable=False), step.attempt if step else 0)
+        except Exception as exc:  # noqa: BLE001 - still refused: it stays recorded here
+            log.warning("handover recorded locally only: the issue stays with a person", issue_id=run.key,
+                        run_id=run.id, tracker_error=str(exc))
+            return
+        self.engine.clear_handler_error(run.id)
+        log.info("handover recorded locally is now in the tracker", issue_id=run.key, run_id=run.id)
 
     # --- the loop --------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -295,8 +388,11 @@ class Runner:
         procreg.reap_orphans()  # agents and gates a killed runner left behind go before anything resumes
         self.take_back_stale_claims()
         self.engine.start()
+        self.notifier.start()
         log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,
                  resumed=len(self.submitted))
+        self.notifier.emit("runner_started", reason=f"{self.services.repo}: up to "
+                           f"{self.cfg.engine.max_sessions} sessions", resumed=len(self.submitted))
         failed_polls = 0
         try:
             next_poll = 0.0
@@ -320,12 +416,18 @@ class Runner:
                                           error=result.tracker_error, tries=failed_polls)
                                 break
                 self._wake.wait(watch_interval)
+                self._watch_parks()
                 if watcher is not None and watcher.changed(ours=self._own_store_change):
                     self._foreign_change = True
                     self._wake.set()
         finally:
             log.info("runner stopping", grace=self.cfg.engine.grace_period)
             self.engine.stop(grace=self.cfg.engine.grace_period if self._stop.is_set() else 0.0)
+            self._parks_checked = 0.0
+            self._watch_parks()
+            self.notifier.emit("runner_stopped", reason="stopped by a signal" if self._stop.is_set()
+                               else "nothing left to do (--once)")
+            self.notifier.close()
         return self.exit_code()
 
     def _own_store_change(self, mtime_ns: int) -> bool:
@@ -335,9 +437,18 @@ class Runner:
     def _idle(self) -> bool:
         """Nothing ready that we could take, and nothing that can still move: done (for --once).
         Runs waiting on a spent budget cannot move until tomorrow; they resume at the next start."""
+        parks = self.parking.active()
         if not self.engine.has_active_runs():
+            if any(p.until is not None for p in parks):
+                # Nothing was claimed while the provider is parked; ready work waits for the park's end.
+                try:
+                    return not self.tracker.ready(limit=1)
+                except TrackerError:
+                    return False
             return True
-        if not self.budget.exceeded():
+        # A quota park ends by itself: wait for it. Refused credentials and a spent budget do not.
+        waits_for_a_person = any(p.until is None for p in parks)
+        if not (self.budget.exceeded() or waits_for_a_person):
             return False
         # Only runs whose next step is a session are stuck; any other step still moves on.
         for run in self.engine.runs(statuses=("queued", "running", "failing")):

@@ -22,6 +22,8 @@ command = "bd"            # the bd executable (name on PATH or a path)
 actor = "beads-runner"    # passed as --actor on every bd call; claims and comments carry it
 # path = ".beads/issues.jsonl"   # the jsonl tracker's file
 # poll_interval = "5s"    # how often `start` asks for ready work (changes in .beads/ wake it sooner)
+# require_labels = ["agent-ok"]   # only trusted work: claim only issues carrying all these labels
+# trusted_creators = ["alice"]    # ... and only issues these actors created
 
 [agent]
 kind = "opencode"         # or "command": any CLI that takes the prompt on stdin
@@ -32,12 +34,16 @@ timeout = "30m"           # wall-clock limit of one session
 stall_timeout = "5m"      # no event from the agent for this long: kill it and retry
 # args = []               # extra arguments for the agent
 # env = {{}}                # extra environment for the agent
+# daily_budget_usd = 20.0 # spent today (UTC): no new sessions until the day turns or `resume --raise-budget`
+# park_backoff = "1m"     # a spent quota with no reset time: sessions wait this long, doubled per park ...
+# park_max = "30m"        # ... at most this long, then one tries again
 # writable = []           # directories the agent may write besides its worktree (in the sandbox)
 
 [engine]
 kind = "local"            # "local" (embedded, state in .beads-runner/state.db) or "hatchet"
 max_sessions = 3          # agent sessions at once, over everything this runner does
 # grace_period = "30s"    # on SIGTERM, how long running sessions may finish before being stopped
+# handover_attempts = 3   # the tracker refuses the failure comment: tries, then the handover is recorded locally
 
 [engine.retry]
 attempts = 3              # tries per step, the first included
@@ -63,6 +69,13 @@ target = "main"           # the branch that receives the work
 # protected = ["tools/check/**"]   # more files that define or feed the gates
 # gates_label = "gates-change"
 # tests_label = "tests-change"
+
+# Webhooks: each event is POSTed as JSON (or a Slack message), retried, never delaying a run.
+# [[notify]]
+# url = "https://hooks.example.com/beads"
+# events = ["landed", "handed_to_person", "parked", "resumed", "budget_reached", "runner_started", "runner_stopped"]
+# headers = {{ Authorization = "Bearer ..." }}
+# format = "json"         # or "slack"
 
 # Quality gates: commands run (without a shell) in the issue's worktree; all must pass.
 # Per gate: env = {{}} (added environment), when = ["src/**"] (run only if the change touches these),

@@ -31,6 +31,13 @@ concurrent sessions and continued sessions (`opencode run --session <id>`) just 
   `error.retry_after_ms` adds a `retry-after-ms` header: opencode 1.18.33 retries retryable errors
   (5xx, 429) 5 times with 2 s doubling backoff (about 75 s in all) unless the server sends
   `retry-after-ms`/`retry-after`, which it honours — tests use it to fail fast.
+- `outage` (top level): `{"status": 429, "message": ..., "code": "insufficient_quota", "seconds": N}`
+  answers EVERY chat request with that error for N seconds from the first chat request (or from
+  `start_outage()`), with no retry-after header unless `retry_after_ms` is given: a provider whose
+  quota is spent, as OpenAI answers it. After N seconds the scenarios answer again.
+- Every answer is logged in `answers` (time, HTTP status, scenario), and with `answer_log=PATH`
+  (or `--answer-log`) appended to that file as JSON lines, so a test can count what the provider
+  was asked while it was down.
 - Tool calls pass `args` through. A relative `filePath` is made absolute against the
   "Working directory:" line of opencode's system prompt (opencode 1.18.33 would also resolve it
   against `--dir` itself, but its tool schema asks for absolute paths, as a real model sends).
@@ -147,8 +154,14 @@ def load_script(script: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
         })
     fallback = data.get("fallback") or {"text": "No scripted answer matched; I did nothing."}
     fallback_turn = _check_turn(fallback, "fallback")
+    outage = data.get("outage")
+    if outage is not None:
+        if not isinstance(outage, dict) or not isinstance(outage.get("seconds"), (int, float)) \
+                or outage["seconds"] <= 0 or not isinstance(outage.get("status", 429), int):
+            raise ScriptError('outage: must be an object like {"status": 429, "seconds": 60, "message": ...}')
     return {
         "scenarios": scenarios,
+        "outage": outage,
         "fallback": {"name": "fallback", "match": "", "delay": float(fallback.get("delay", 0.0) or 0.0),
                      "hang": False, "error": None, "times": None, "rounds": [[fallback_turn]]},
     }
@@ -158,8 +171,10 @@ class ScriptedModelServer:
     """A threaded HTTP server answering `/v1/chat/completions` from a script. A context manager."""
 
     def __init__(self, script: Mapping[str, Any] | str | os.PathLike[str], *, host: str = "127.0.0.1",
-                 port: int = 0, keep_requests: int = 200):
+                 port: int = 0, keep_requests: int = 200, answer_log: str | os.PathLike[str] | None = None):
         self.script = load_script(script)
+        self.answer_log = Path(answer_log) if answer_log else None
+        self.outage_started: float | None = None
         self.host = host
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -180,6 +195,7 @@ class ScriptedModelServer:
             self.scenario_requests: dict[str, int] = {}
             self._scenario_failures: dict[str, int] = {}
             self.request_log: list[dict[str, Any]] = []  # the last request bodies, newest last
+            self.answers: list[dict[str, Any]] = []  # {"t", "status", "scenario"} per chat answer
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -264,6 +280,33 @@ class ScriptedModelServer:
             "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
             "OPENCODE_PERMISSION": json.dumps({"edit": "allow", "bash": "allow", "webfetch": "deny"}),
         }
+
+    # -- the outage -----------------------------------------------------------------------------
+    def start_outage(self, now: float | None = None) -> None:
+        """Start the script's outage now (otherwise it starts at the first chat request)."""
+        with self._lock:
+            self.outage_started = time.time() if now is None else now
+
+    def outage_error(self, now: float | None = None) -> dict[str, Any] | None:
+        """The outage's error if it is on now (starting it at the first call)."""
+        outage = self.script.get("outage")
+        if outage is None:
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            if self.outage_started is None:
+                self.outage_started = now
+            on = now - self.outage_started < float(outage["seconds"])
+        return outage if on else None
+
+    def record_answer(self, status: int, scenario: str) -> None:
+        entry = {"t": time.time(), "status": status, "scenario": scenario}
+        with self._lock:
+            self.answers.append(entry)
+            del self.answers[:-10_000]
+            if self.answer_log is not None:
+                with self.answer_log.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(entry) + "\n")
 
     # -- answering ---------------------------------------------------------------------------
     def choose(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
@@ -379,6 +422,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.model_server.in_flight -= 1
 
     def _answer(self, srv: ScriptedModelServer, body: dict[str, Any]) -> None:
+        outage = srv.outage_error()
+        if outage is not None:
+            self._error(srv, outage, "outage")
+            return
         scenario, turn, finished = srv.choose(body)
         if scenario["hang"] or (turn is not None and turn.get("hang")):
             srv._stopping.wait()
@@ -387,19 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
         if scenario["delay"] > 0 and srv._stopping.wait(scenario["delay"]):
             return
         if turn is None:
-            error = scenario["error"] or {}
-            status = int(error.get("status", 500))
-            headers = {}
-            if error.get("retry_after_ms") is not None:
-                headers["retry-after-ms"] = str(error["retry_after_ms"])
-            with srv._lock:
-                srv.errors_served += 1
-            self._json(status, {"error": {
-                "message": str(error.get("message") or f"scripted error (HTTP {status})"),
-                "type": str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error")),
-                "code": error.get("code"),
-            }}, headers)
+            self._error(srv, scenario["error"] or {}, scenario["name"])
             return
+        srv.record_answer(200, scenario["name"])
         calls = _tool_calls(turn, body)
         reason = "stop" if finished or not calls else "tool_calls"
         prompt_tokens = max(1, len(json.dumps(body.get("messages") or [])) // 4)
@@ -418,6 +455,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"id": cid, "object": "chat.completion", "created": created, "model": model,
                          "choices": [{"index": 0, "message": message, "finish_reason": reason}],
                          "usage": usage})
+
+    def _error(self, srv: ScriptedModelServer, error: Mapping[str, Any], scenario: str) -> None:
+        status = int(error.get("status", 500))
+        headers = {}
+        if error.get("retry_after_ms") is not None:
+            headers["retry-after-ms"] = str(error["retry_after_ms"])
+        with srv._lock:
+            srv.errors_served += 1
+        srv.record_answer(status, scenario)
+        self._json(status, {"error": {
+            "message": str(error.get("message") or f"scripted error (HTTP {status})"),
+            "type": str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error")),
+            "code": error.get("code"),
+        }}, headers)
 
     def _stream(self, cid: str, created: int, model: str, text: str, calls: list[dict[str, Any]],
                 reason: str, usage: dict[str, int]) -> None:
@@ -460,9 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--port-file", help="write the port here once listening")
+    parser.add_argument("--answer-log", help="append each answer (time, status, scenario) here, one JSON a line")
     args = parser.parse_args(argv)
     try:
-        server = ScriptedModelServer(args.script, host=args.host, port=args.port)
+        server = ScriptedModelServer(args.script, host=args.host, port=args.port, answer_log=args.answer_log)
     except ScriptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

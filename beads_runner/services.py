@@ -49,7 +49,12 @@ class Services:
             return self.agent_override
         from beads_runner.agent import make_agent
 
-        return make_agent(self.config.agent, self.repo)
+        config = self.config.agent
+        if "BD_ACTOR" not in config.env:
+            # Issues the agent files with bd during a run carry its own actor, so trusted-work rules
+            # (tracker.require_labels) can tell them from a person's.
+            config = config.model_copy(update={"env": {**config.env, "BD_ACTOR": f"{self.config.tracker.actor}-agent"}})
+        return make_agent(config, self.repo)
 
     @cached_property
     def workspace(self) -> Workspace:

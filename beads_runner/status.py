@@ -75,7 +75,10 @@ def _phase(run: RunView) -> str:
     return run.status
 
 
-def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None) -> dict[str, Any]:
+def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None, *,
+              parks: list | None = None, positions: dict[str, int] | None = None) -> dict[str, Any]:
+    from beads_runner.explain import run_reason
+
     now = time.time() if now is None else now
     current = run.current_step
     attempts = engine.attempts(run.id)
@@ -112,6 +115,9 @@ def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None) -
         "sessions": [s.as_dict() for s in sessions],
         "tokens": usage.tokens,
         "cost": round(usage.cost, 6),
+        # the same reason codes as `explain` (from the engine alone)
+        "reason": run_reason(run, now=now, parks=parks, queue_position=(positions or {}).get(run.id)).as_dict(),
+        "handover_recorded_locally": bool(getattr(run, "handler_error", None)),
     }
 
 
@@ -160,6 +166,8 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
     - `failures`: the last failed attempts, newest first: `{"issue_id", "run_id", "run", "step",
       "attempt", "at", "reason" (one line), "final" (the run failed with it)}`.
     - `recent`: the last `limit` finished runs, newest first.
+    - `parked`: the parks in effect (`beads_runner.parking.Park.as_dict`): a provider's quota or
+      credentials, the daily budget.
 
     `budget_usd` overrides the configuration's `agent.daily_budget_usd`.
 
@@ -170,16 +178,24 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
     (Unix time of the next try, or null), `elapsed_s`, `created_at`, `finished_at`, `failed_step`,
     `error`, `outcome` (the commit step's output), `commit` (sha or null), `steps`, `attempts`,
     `sessions` (per agent session: run_id, attempt, source, session_id, started_at, tokens, input,
-    output, reasoning, cache_read, cache_write, cost, steps), `tokens`, `cost` (dollars).
+    output, reasoning, cache_read, cache_write, cost, steps), `tokens`, `cost` (dollars), `reason`
+    (`explain`'s code, summary and what would change it), `handover_recorded_locally` (the tracker
+    refused the handover).
     """
     now = time.time() if now is None else now
     cap = svc.config.engine.max_sessions
+    from beads_runner.explain import queue_positions
+    from beads_runner.parking import parks_in_effect
+
     data: dict[str, Any] = {"repo": str(svc.repo), "generated_at": round(now, 3),
                             "sessions": {"in_use": 0, "cap": cap}, "spending": _spending(svc, now, budget_usd),
-                            "running": [], "queued": [], "blocked": [], "failures": [], "recent": []}
+                            "parked": [], "running": [], "queued": [], "blocked": [], "failures": [], "recent": []}
     engine = engine if engine is not None else _engine(svc)
     if engine is None:
         return data
+    parks = parks_in_effect(svc.config, svc.state_dir, now) if hasattr(engine, "db_path") else []
+    data["parked"] = [p.as_dict() for p in parks]
+    positions = queue_positions(engine)
     active = engine.runs(statuses=ACTIVE, limit=1000)
     recent = engine.runs(statuses=FINISHED, limit=limit)
     latest_failed: list[RunView] = []
@@ -192,10 +208,10 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
         if newest and newest[0].id == run.id:
             latest_failed.append(run)
     for run in active:
-        d = _run_dict(engine, run, svc.state_dir, now)
+        d = _run_dict(engine, run, svc.state_dir, now, parks=parks, positions=positions)
         data[{"running": "running", "queued": "queued", "blocked": "blocked"}[d["phase"]]].append(d)
-    data["blocked"] += [_run_dict(engine, r, svc.state_dir, now) for r in latest_failed]
-    data["recent"] = [_run_dict(engine, r, svc.state_dir, now) for r in recent]
+    data["blocked"] += [_run_dict(engine, r, svc.state_dir, now, parks=parks) for r in latest_failed]
+    data["recent"] = [_run_dict(engine, r, svc.state_dir, now, parks=parks) for r in recent]
     # Oldest first for what is in flight; newest first for what is over.
     data["running"].reverse()
     data["queued"].reverse()
@@ -249,6 +265,11 @@ def render_status(data: dict[str, Any]):
     parts: list[Any] = [header]
     if spend.get("exceeded"):
         parts.append(Text(spend["message"], style="bold red"))
+    for park in data.get("parked") or []:
+        until = "until `beads-runner resume`" if park["until"] is None else \
+            f"until {time.strftime('%H:%M:%S UTC', time.gmtime(park['until']))}"
+        parts.append(Text(f"PARKED ({park['scope']}) {until}: {one_line(park['reason'], 120)}; "
+                          f"{park['change']}", style="bold yellow"))
 
     def table(title: str, *columns: str) -> Table:
         t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, expand=False)
@@ -273,13 +294,19 @@ def render_status(data: dict[str, Any]):
         t = table(f"QUEUED ({len(data['queued'])})", "issue", "title", "waiting", "at", "run")
         for r in data["queued"]:
             where = "waiting for a session" if r["step"] == PROCESS else (r["step"] or "-")
+            if r["reason"]["code"] == "parked":
+                where = "parked"
+            elif r["reason"].get("queue_position"):
+                where += f" (#{r['reason']['queue_position']})"
             t.add_row(r["issue_id"], one_line(r["title"] or "", 40), _ago(r["elapsed_s"]), where, r["run"])
         parts.append(t)
     if data["blocked"]:
         t = table(f"BLOCKED: needs a person ({len(data['blocked'])})", "issue", "title", "failed at", "reason", "run")
         for r in data["blocked"]:
-            t.add_row(r["issue_id"], one_line(r["title"] or "", 40), r["failed_step"] or "-",
-                      one_line(r["error"], 90), r["run"])
+            reason = one_line(r["error"], 90)
+            if r.get("handover_recorded_locally"):
+                reason += " [tracker refused the handover: recorded here only]"
+            t.add_row(r["issue_id"], one_line(r["title"] or "", 40), r["failed_step"] or "-", reason, r["run"])
         parts.append(t)
     if data["failures"]:
         t = table("LAST FAILURES", "when", "issue", "step", "try", "reason")

@@ -28,7 +28,7 @@ import structlog
 from pydantic import BaseModel
 
 from beads_runner.errors import RunnerError
-from workflows.spec import RetryPolicy, StepDeferred, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import RetryPolicy, StepDeferred, StepFailed, StepParked, StepSpec, WorkflowSpec
 
 
 class StateUnusable(RunnerError):
@@ -55,6 +55,7 @@ _READY_STEPS = """
     SELECT s.run_id, s.name, s.attempt, s.concurrency_key, s.timeout, r.input FROM steps s
     JOIN runs r ON r.id = s.run_id
     WHERE s.status = 'pending' AND s.not_before <= ? AND r.status IN ('queued', 'running') AND r.workflow = ?
+      AND r.cancel_requested IS NULL
       AND NOT EXISTS (SELECT 1 FROM steps p
                       WHERE p.run_id = s.run_id AND p.position < s.position AND p.status != 'succeeded')
     ORDER BY r.created_at, s.position LIMIT ?"""
@@ -120,6 +121,12 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, id);
 """
+# Columns added after the first release: added to an existing database when it is opened.
+RUN_COLUMNS = {
+    "cancel_requested": "TEXT",          # who asked to cancel the run (and why); honoured by any engine
+    "handler_failures": "INTEGER NOT NULL DEFAULT 0",  # failed tries of the failure handler
+    "handler_error": "TEXT",             # the handler gave up: the handover is recorded here only
+}
 
 
 @dataclass
@@ -149,6 +156,8 @@ class RunView:
     error: str | None
     outcome: dict[str, Any] | None
     steps: list[StepView] = field(default_factory=list)
+    cancel_requested: str | None = None
+    handler_error: str | None = None  # the tracker refused the handover: recorded here instead
 
     @property
     def current_step(self) -> StepView | None:
@@ -215,6 +224,8 @@ class LocalEngine:
         poll: float = 0.05,
         before_resume: Callable[[], object] | None = None,
         admit: Callable[[str], bool] | None = None,
+        handler_attempts: int = 3,
+        handler_backoff: float = 5.0,
     ):
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +243,10 @@ class LocalEngine:
         # Asked before a step with a concurrency key starts (e.g. the daily budget): False keeps it
         # pending, without spending an attempt.
         self.admit = admit
+        # The failure handler talks to the tracker, which may refuse it: after this many tries the
+        # handover is recorded in the run row only, and the run ends (it must not stay active for ever).
+        self.handler_attempts = max(1, handler_attempts)
+        self.handler_backoff = handler_backoff
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = threading.local()
         self._running: dict[tuple[str, str], _Context] = {}
@@ -254,9 +269,20 @@ class LocalEngine:
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(problems))
             conn.executescript(SCHEMA)
+            self._migrate()
         except (sqlite3.Error, OSError) as exc:
             self._local.conn = None
             raise StateUnusable(self.db_path, exc) from None
+
+    def _migrate(self) -> None:
+        have = {row["name"] for row in self._conn().execute("PRAGMA table_info(runs)")}
+        for name, decl in RUN_COLUMNS.items():
+            if name not in have:
+                try:
+                    self._conn().execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                    if "duplicate column" not in str(exc):
+                        raise
 
     # --- storage ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -358,6 +384,51 @@ class LocalEngine:
             for ctx in self._running.values():
                 ctx.cancel.set()
 
+    def request_cancel(self, run_id: str, by: str) -> bool:
+        """Ask for an active run to stop now, from any process. The engine running its step cancels
+        it within a tick (killing the agent's process group); a run with no step running is failed
+        here at once. Either way the failure handler runs with the reason `cancelled by <by>`.
+        False when the run is not active."""
+        with self._tx() as db:
+            changed = db.execute("UPDATE runs SET cancel_requested=?, updated_at=? WHERE id=? AND status IN "
+                                 "('queued','running','failing')", (by, time.time(), run_id)).rowcount
+        if not changed:
+            return False
+        self.record_event(run_id, None, "cancel requested", by=by)
+        self._honour_cancels()
+        return True
+
+    def _honour_cancels(self) -> None:
+        rows = self._conn().execute(
+            "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND status IN "
+            "('queued','running') AND workflow=?", (self.workflow.name,)).fetchall()
+        for row in rows:
+            with self._running_lock:
+                mine = [ctx for (run_id, _), ctx in self._running.items() if run_id == row["id"]]
+            if mine:
+                for ctx in mine:
+                    ctx.cancel.set()  # its _step_failed sees the request and fails the run
+                continue
+            busy = self._conn().execute(
+                "SELECT owner, lease_until FROM steps WHERE run_id=? AND status='running'", (row["id"],)).fetchall()
+            now = time.time()
+            if any(b["lease_until"] and b["lease_until"] > now and _owner_alive(b["owner"]) for b in busy):
+                continue  # another live runner runs it: that runner cancels it
+            reason = f"cancelled by {row['cancel_requested']}"
+            with self._tx() as db:
+                step = db.execute("SELECT name FROM steps WHERE run_id=? AND status IN ('pending','running') "
+                                  "ORDER BY position LIMIT 1", (row["id"],)).fetchone()
+                name = step["name"] if step else self.workflow.steps[-1].name
+                changed = db.execute(
+                    "UPDATE runs SET status='failing', failed_step=?, error=?, updated_at=? "
+                    "WHERE id=? AND status IN ('queued','running')", (name, reason, now, row["id"])).rowcount
+                if changed:
+                    db.execute("UPDATE steps SET status='failed', error=?, finished_at=?, owner=NULL, "
+                               "lease_until=NULL WHERE run_id=? AND name=?", (reason, now, row["id"], name))
+            if changed:
+                self.record_event(row["id"], name, "step failed", reason=reason, retryable=False)
+                self._finish_failed(row["id"])
+
     def running_steps(self) -> int:
         with self._running_lock:
             return len(self._running)
@@ -377,6 +448,7 @@ class LocalEngine:
         while not self._stop.is_set():
             try:
                 self._recover_orphans()
+                self._honour_cancels()
                 self._enforce_deadlines()
                 if not self._draining:
                     for claim in self._claim_ready():
@@ -548,8 +620,24 @@ class LocalEngine:
 
     def _step_failed(self, run_id: str, spec: StepSpec, attempt: int, exc: StepFailed, ctx: _Context) -> None:
         now = time.time()
-        interrupted = ctx.cancel.is_set() and not ctx.timed_out
-        if isinstance(exc, StepDeferred) and not interrupted and not ctx.timed_out:
+        cancelled_by = self._conn().execute("SELECT cancel_requested FROM runs WHERE id=?",
+                                            (run_id,)).fetchone()["cancel_requested"]
+        if cancelled_by:
+            # A person's word: no more attempts, whatever the step said.
+            exc = StepFailed(f"cancelled by {cancelled_by}", retryable=False,
+                             detail=exc.detail if not isinstance(exc, StepParked) else "")
+        elif isinstance(exc, StepParked) and not ctx.timed_out:
+            # Not the issue's fault either (a provider's quota, its credentials): attempt not spent.
+            with self._tx() as db:
+                db.execute("UPDATE steps SET status='pending', attempt=MAX(attempt-1,0), owner=NULL, lease_until=NULL, "
+                           "deadline=NULL, not_before=?, error=? WHERE run_id=? AND name=?",
+                           (exc.until or now, exc.reason, run_id, spec.name))
+                db.execute("UPDATE attempts SET status='parked', finished_at=?, error=? "
+                           "WHERE run_id=? AND step=? AND attempt=?", (now, exc.reason, run_id, spec.name, attempt))
+            self.record_event(run_id, spec.name, "step parked", attempt=attempt, reason=exc.reason, until=exc.until)
+            return
+        interrupted = ctx.cancel.is_set() and not ctx.timed_out and not cancelled_by
+        if isinstance(exc, StepDeferred) and not interrupted and not ctx.timed_out and not cancelled_by:
             with self._tx() as db:
                 db.execute("UPDATE steps SET status='pending', attempt=MAX(attempt-1,0), not_before=?, owner=NULL, "
                            "lease_until=NULL, deadline=NULL WHERE run_id=? AND name=?",
@@ -612,11 +700,21 @@ class LocalEngine:
             try:
                 self.workflow.on_failure(inp, run_id, row["failed_step"], error, row["attempt"])
             except Exception as exc:  # noqa: BLE001
-                # Leave the run 'failing': the handler is tried again a few seconds later.
                 with self._tx() as db:
-                    db.execute("UPDATE runs SET handler_until=? WHERE id=?", (time.time() + 5.0, run_id))
-                self.record_event(run_id, row["failed_step"], "failure handler failed", error=str(exc))
-                return
+                    failures = db.execute("UPDATE runs SET handler_failures=handler_failures+1 WHERE id=? "
+                                          "RETURNING handler_failures", (run_id,)).fetchone()[0]
+                    if failures < self.handler_attempts:
+                        # Leave the run 'failing': the handler is tried again a little later.
+                        delay = self.handler_backoff * 2 ** (failures - 1)
+                        db.execute("UPDATE runs SET handler_until=? WHERE id=?", (time.time() + delay, run_id))
+                    else:
+                        # Bounded: the handover is recorded here (status, explain and the next start read
+                        # it), and the run ends, so `start --once` ends too.
+                        db.execute("UPDATE runs SET handler_error=? WHERE id=?", (str(exc)[:2000], run_id))
+                self.record_event(run_id, row["failed_step"], "failure handler failed", error=str(exc),
+                                  tries=failures, gives_up=failures >= self.handler_attempts)
+                if failures < self.handler_attempts:
+                    return
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE runs SET status='failed', updated_at=?, finished_at=? WHERE id=? AND status='failing'",
@@ -658,6 +756,21 @@ class LocalEngine:
         return [{"id": r["id"], "run_id": r["run_id"], "step": r["step"], "ts": r["ts"], "event": r["event"],
                  **json.loads(r["data"] or "{}")} for r in rows]
 
+    def clear_handler_error(self, run_id: str) -> None:
+        """The handover a failing handler could only record here has reached the tracker since."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET handler_error=NULL WHERE id=?", (run_id,))
+        self.record_event(run_id, None, "handover delivered")
+
+    def last_event_id(self) -> int:
+        return self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def events_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Events of every run recorded after `after_id`, oldest first (for notifications)."""
+        rows = self._conn().execute("SELECT * FROM events WHERE id>? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [{"id": r["id"], "run_id": r["run_id"], "step": r["step"], "ts": r["ts"], "event": r["event"],
+                 **json.loads(r["data"] or "{}")} for r in rows]
+
     def get_run(self, run_id: str) -> RunView | None:
         row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return self._view(row) if row else None
@@ -689,6 +802,7 @@ class LocalEngine:
             created_at=row["created_at"], updated_at=row["updated_at"], finished_at=row["finished_at"],
             failed_step=row["failed_step"], error=row["error"],
             outcome=json.loads(row["outcome"]) if row["outcome"] else None,
+            cancel_requested=row["cancel_requested"], handler_error=row["handler_error"],
             steps=[StepView(name=s["name"], status=s["status"], attempt=s["attempt"], max_attempts=s["max_attempts"],
                             error=s["error"], notes=json.loads(s["notes"]) if s["notes"] else {},
                             started_at=s["started_at"], finished_at=s["finished_at"], not_before=s["not_before"],

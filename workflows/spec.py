@@ -35,6 +35,16 @@ class StepDeferred(StepFailed):
         self.delay = delay
 
 
+class StepParked(StepFailed):
+    """A step cannot go on for a reason outside the issue (a provider's quota, refused credentials):
+    it goes back to pending without spending an attempt and is not tried before `until` (Unix time;
+    None: as soon as the engine's `admit` lets it)."""
+
+    def __init__(self, reason: str, *, until: float | None = None, detail: str = ""):
+        super().__init__(reason, retryable=True, detail=detail)
+        self.until = until
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 3  # tries in all

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from beads_runner.actions import RetryNote, retry_message
 from beads_runner.agent.base import SessionRequest, TokenUsage
+from beads_runner.parking import Parking, provider_scope
 from beads_runner.failpoints import failpoint
 from beads_runner.errors import (
     ClaimConflict, IssueNotFound, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable, UnsafeIdError,
@@ -31,7 +33,7 @@ from beads_runner.workspace import LandingRefused, WorktreeBusy, cancel_with, tr
 from quality_gates import GateInput, SuiteReport, run_suite
 from quality_gates.test_integrity import collected_check
 from quality_gates.yardstick import allow_by_labels, handover_reason, moved_yardstick
-from workflows.spec import StepContext, StepDeferred, StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import StepContext, StepDeferred, StepFailed, StepParked, StepSpec, WorkflowSpec
 
 WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
@@ -243,6 +245,7 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
         prompt = continue_message(earlier.get("last_reason") or "the runner was stopped or crashed", changed_before)
     else:
         prompt = render_prompt(issue, load_template(svc.state_dir), ws.target)
+        prompt += retry_message(RetryNote(svc.state_dir, issue.id).load())
         if changed_before:
             prompt += ("\n\nNote: this worktree already holds changes from an earlier attempt ("
                        + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
@@ -259,6 +262,9 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
             seen["session"] = sid
             memory.save(session_id=sid, run_id=ctx.run_id, last_reason=None)
             ctx.note(session_id=sid)
+        if not seen.get("through") and event.get("type") in ("step_start", "text", "tool_use", "step_finish"):
+            seen["through"] = True  # the provider answered: sessions waiting on a probe may start
+            Parking(svc.state_dir).got_through(provider_scope(svc.config))
         if event.get("type") == "provider_retry":  # agent.mode = "server": the provider fails, opencode retries
             ctx.log("model provider failed, opencode retries", attempt=event.get("attempt"),
                     message=event.get("message"), next_ms=event.get("next"))
@@ -267,7 +273,8 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
             failpoint("session-edited")
 
     # Sessions are counted per run, across the step's retries (kept beside the session id), so a
-    # run never has more than agent.max_attempts sessions; one cancelled by a shutdown does not count.
+    # run never has more than agent.max_attempts sessions; one cancelled by a shutdown, or stopped by a
+    # provider's limit (parked), does not count.
     limit = svc.config.agent.max_attempts
     used = int(earlier.get("sessions") or 0) if earlier.get("run_id") == ctx.run_id else 0
     if earlier.get("run_id") != ctx.run_id:  # an earlier run's session and count are not this run's
@@ -281,7 +288,7 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
                              retryable=False, detail=earlier.get("last_reason") or "")
         ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=req.session_id)
         result = svc.agent.run(req, cancel=watch.stop, on_event=on_event)
-        if not result.cancelled:
+        if not result.cancelled and result.limit is None:  # a provider's limit is not the run's try
             totals["sessions"] += 1
             memory.save(run_id=ctx.run_id, sessions=totals["sessions"])
         totals["tokens"] += result.tokens.total
@@ -292,6 +299,10 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
                  reason=result.reason, continued=bool(req.session_id))
         ctx.log("session finished", ok=result.ok, reason=result.reason, session_id=result.session_id,
                 tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
+        if result.limit is not None:
+            park_session(svc, ctx, issue.id, result, memory)
+        if result.ok or result.events:
+            Parking(svc.state_dir).got_through(provider_scope(svc.config))
         if not result.ok:
             if req.session_id and result.events == 0:
                 # the session could not be continued at all: the next attempt starts afresh
@@ -345,6 +356,27 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
         branch=ws.branch(issue.id), sessions=totals["sessions"], gate_report=report,
         gated_tree=ws.tree_id(issue.id),
     )
+
+
+def park_session(svc: Services, ctx: StepContext, issue_id: str, result, memory: SessionMemory) -> None:
+    """The provider refused the session for a reason no retry beats soon (its quota, the credentials):
+    park the provider (no new session starts until the reset, or `beads-runner resume`) and put the
+    step back without spending an attempt. The session is continued when the provider is back."""
+    limit = result.limit or {}
+    agent = svc.config.agent
+    park, new = Parking(svc.state_dir).park(
+        provider_scope(svc.config), limit.get("kind") or "quota", limit.get("message") or result.reason,
+        reset_at=limit.get("reset_at"), backoff=agent.park_backoff, backoff_max=agent.park_max,
+        issue_id=issue_id, run_id=ctx.run_id)
+    if result.session_id:
+        memory.save(session_id=result.session_id, run_id=ctx.run_id,
+                    last_reason=f"the provider stopped the session ({park.kind}); it is available again")
+    ctx.log("provider limit: parked", kind=park.kind, until=park.until, scope=park.scope, new=new,
+            message=(limit.get("message") or "")[:300])
+    when = "until `beads-runner resume`" if park.until is None else \
+        f"until {time.strftime('%H:%M:%S UTC', time.gmtime(park.until))}"
+    raise StepParked(f"parked {when}: {park.kind} limit of {park.scope}: {limit.get('message') or result.reason}",
+                     until=park.until, detail=result.output_tail)
 
 
 def fix_message(report: SuiteReport) -> str:
@@ -434,6 +466,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     failpoint("after-close")
     ws.remove_worktree(issue.id)
     SessionMemory(svc, issue.id).forget()
+    RetryNote(svc.state_dir, issue.id).forget()
     return CommitOutput(sha=landed.sha, target=landed.target, close_reason=reason, rebased=landed.rebased,
                         already_landed=landed.already)
 

@@ -59,6 +59,9 @@ class SessionResult(BaseModel):
     stalled: bool = False
     cancelled: bool = False
     output_tail: str = ""  # the last lines of the agent's output (stderr and errors), for comments
+    # A provider limit the session ran into: {"kind": "quota"|"auth", "message", "reset_at"} (None: none
+    # seen). Such a session is not the failure: the run is parked, no attempt spent.
+    limit: dict[str, Any] | None = None
     provider_retries: list[ProviderRetry] = Field(default_factory=list)  # in order; also sent live to
     # on_event as {"type": "provider_retry", "attempt", "message", "next" (Unix ms)}
 

@@ -20,6 +20,7 @@ from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.process import run_supervised
 from beads_runner.config import AgentConfig
 from beads_runner.errors import AgentUnavailable
+from beads_runner.limits import classify
 
 SUMMARY_LINES = 5
 FIX = ('set agent.command in .beads-runner.toml to a command that reads the prompt on stdin '
@@ -120,6 +121,14 @@ class CommandAgent:
             last = next((line.strip() for line in reversed(outcome.stderr_tail) if line.strip()), "")
             if last:
                 reason = f"{reason}: {last[:200]}"
+        limit = None
+        if not ok and not outcome.killed:
+            # A provider's quota or refused credentials, in the agent's own last words.
+            for line in reversed(outcome.stderr_tail[-5:]):
+                found = classify(line)
+                if found is not None and found.parks:
+                    limit = {"kind": found.kind, "message": found.message, "reset_at": found.reset_at}
+                    break
         tail = list(outcome.output_tail) + outcome.callback_errors
         if not ok:
             tail.append(f"beads-runner: {reason}")
@@ -128,5 +137,5 @@ class CommandAgent:
             session_id=request.session_id, summary="\n".join(last_lines),
             duration_s=round(outcome.duration_s, 3), events=outcome.stdout_lines,
             timed_out=outcome.timed_out, stalled=outcome.stalled, cancelled=outcome.cancelled,
-            output_tail="\n".join(tail),
+            output_tail="\n".join(tail), limit=limit,
         )

@@ -25,7 +25,9 @@ from typing import IO
 import beads_runner
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.events import SessionEvents
+from beads_runner.agent.opencode_log import OpencodeLogWatch, log_dir
 from beads_runner.agent.permissions import HEADLESS_PERMISSION, asked_permission, permission_json, refused_permission
+from beads_runner.limits import classify
 from beads_runner.agent.process import run_supervised
 from beads_runner.config import AgentConfig
 from beads_runner.errors import AgentUnavailable
@@ -152,6 +154,21 @@ class OpenCodeAgent:
         finished = threading.Event()
         if cancel is not None:
             threading.Thread(target=_relay, args=(cancel, stop, finished), daemon=True).start()
+        # opencode retries a provider's quota and credential errors silently: its log says them.
+        watch = OpencodeLogWatch(log_dir(self._env(), Path.home()), request.workdir)
+        limit_seen: list = []
+
+        def look_for_limits() -> None:
+            while not stop.is_set() and not finished.is_set():
+                found = watch.poll()
+                if found is not None:
+                    limit_seen.append(found)
+                    stop.set()  # the session cannot get anywhere: end it now
+                    return
+                stop.wait(self.config.limit_check_interval)
+
+        watcher = threading.Thread(target=look_for_limits, name="opencode-limits", daemon=True)
+        watcher.start()
 
         def on_stdout(line: str) -> None:
             first_start.done()  # opencode answered: its database exists, others may start
@@ -176,12 +193,26 @@ class OpenCodeAgent:
         finally:
             finished.set()
             first_start.done()
+            watcher.join(timeout=5)
             if log is not None:
                 log.close()
 
         verdict = events.verdict(outcome.exit_code)
         ok, reason, retryable = verdict.ok, verdict.reason, verdict.retryable
-        if outcome.timed_out:
+        if not ok and not limit_seen and not refused and not (cancel is not None and cancel.is_set()):
+            # A session that failed (or stalled) may have been held by a limit logged in its last
+            # moments, or named in its error event (a 401: opencode gives up and says so).
+            late = watch.poll()
+            if late is None and events.error is not None:
+                late = classify(events.error.message)
+            if late is not None and late.parks:
+                limit_seen.append(late)
+        if limit_seen:
+            # The provider's limit is the cause, whatever ended the session (us, or the stall timeout
+            # while opencode retried silently): not the failure.
+            ok, retryable = False, True
+            reason = f"the provider refused the session ({limit_seen[0].kind}): {limit_seen[0].message[:200]}"
+        elif outcome.timed_out:
             ok, retryable = False, True
             reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was killed"
         elif outcome.stalled:
@@ -215,8 +246,10 @@ class OpenCodeAgent:
             ok=ok, reason=reason, retryable=retryable, exit_code=outcome.exit_code,
             session_id=events.session_id or request.session_id, summary=events.summary,
             tokens=events.tokens, cost=events.cost, duration_s=round(outcome.duration_s, 3),
-            events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
-            cancelled=outcome.cancelled and not refused, output_tail="\n".join(tail),
+            events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled and not limit_seen,
+            cancelled=outcome.cancelled and not refused and not limit_seen, output_tail="\n".join(tail),
+            limit=({"kind": limit_seen[0].kind, "message": limit_seen[0].message, "reset_at": limit_seen[0].reset_at}
+                   if limit_seen else None),
         )
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from beads_runner.agent.base import EventCallback, ProviderRetry, SessionRequest, SessionResult
+from beads_runner.limits import ProviderLimit, classify
 from beads_runner.agent.events import SessionEvents
 from beads_runner.agent.opencode import TITLE_MAX, OpenCodeAgent, _fmt_seconds
 from beads_runner.agent.opencode_serve import EventStream, OpenCodeServer, ServerGone, Endpoint
@@ -141,6 +142,7 @@ class _Outcome:
     server_died: str = ""  # why the stream or the server was lost
     retries: list[ProviderRetry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # for the output tail
+    limit: ProviderLimit | None = None  # a retry whose message is a spent quota or refused credentials
 
 
 class OpenCodeServerAgent(OpenCodeAgent):
@@ -313,8 +315,14 @@ class OpenCodeServerAgent(OpenCodeAgent):
                     outcome.retries.append(retry)
                     if retry.next_at is not None:
                         retry_until = time.monotonic() + max(0.0, retry.next_at - time.time())
+                    found = classify(retry.message)
+                    if found is not None and found.parks and outcome.limit is None:
+                        outcome.limit = found  # no retry beats it soon: the run is parked, not failed
                 emit(event)
                 working = True
+            if outcome.limit is not None:
+                self._abort(server, endpoint, stream, session_id, workdir, outcome)
+                return
             if kind == "session.status" and props.get("sessionID") == session_id:
                 state = (props.get("status") or {}).get("type")
                 if state in ("busy", "retry"):
@@ -371,7 +379,13 @@ class OpenCodeServerAgent(OpenCodeAgent):
         else:
             verdict = events.verdict(0 if outcome.idle else None)
             ok, reason, retryable = verdict.ok, verdict.reason, verdict.retryable
-        if outcome.timed_out:
+        if outcome.limit is None and not ok and events.error is not None:
+            found = classify(events.error.message)  # e.g. a 401: opencode gives up and says so
+            outcome.limit = found if found is not None and found.parks else None
+        if outcome.limit is not None:
+            ok, retryable = False, True
+            reason = f"the provider refused the session ({outcome.limit.kind}): {outcome.limit.message[:200]}"
+        elif outcome.timed_out:
             ok, retryable = False, True
             reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was aborted"
         elif outcome.stalled:
@@ -401,6 +415,8 @@ class OpenCodeServerAgent(OpenCodeAgent):
             tokens=events.tokens, cost=events.cost, duration_s=round(time.monotonic() - started, 3),
             events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
             cancelled=outcome.cancelled, output_tail="\n".join(tail), provider_retries=outcome.retries,
+            limit=({"kind": outcome.limit.kind, "message": outcome.limit.message, "reset_at": outcome.limit.reset_at}
+                   if outcome.limit is not None else None),
         )
 
 

@@ -53,13 +53,16 @@ class Issue(BaseModel):
     close_reason: str = ""
     created_at: str | None = None
     updated_at: str | None = None
+    created_by: str = ""  # the actor who created it (trusted work, explain)
+    started_at: str | None = None  # when it was claimed (explain: "since when")
+    defer_until: str | None = None  # deferred: not ready before this time
     # The issue's dependencies, normalised from either shape bd prints (raw records in
     # ready/list/export, resolved issue objects with `dependency_type` in show).
     blockers: list[Blocker] = Field(default_factory=list)
 
     @field_validator(
         "title", "description", "design", "acceptance_criteria", "notes", "assignee", "close_reason",
-        "status", "issue_type", mode="before",
+        "status", "issue_type", "created_by", mode="before",
     )
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
@@ -133,3 +136,6 @@ class Tracker(Protocol):
 
     def hand_to_human(self, issue_id: str) -> None:
         """Status blocked plus the `needs-human` label, so `ready` stops offering it."""
+
+    def give_back(self, issue_id: str) -> None:
+        """Undo `hand_to_human`: status open, no assignee, the `needs-human` label removed."""

@@ -374,3 +374,7 @@ class BdTracker:
     def hand_to_human(self, issue_id: str) -> None:
         self._forget(issue_id)
         self._run(["update", "--status", "blocked", "--add-label", NEEDS_HUMAN_LABEL], tail=[self._any_id(issue_id)])
+
+    def give_back(self, issue_id: str) -> None:
+        self._run(["update", "--status", "open", "--assignee", "", "--remove-label", NEEDS_HUMAN_LABEL],
+                  tail=[self._any_id(issue_id)])

@@ -443,6 +443,19 @@ class JsonlTracker:
             issue["labels"] = sorted(set(labels) | {NEEDS_HUMAN_LABEL})
             store.touch(issue)
 
+    def give_back(self, issue_id: str) -> None:
+        with self._modify() as store:
+            issue = store.get(issue_id)
+            issue["status"] = "open"
+            issue.pop("assignee", None)
+            labels = issue.get("labels") if isinstance(issue.get("labels"), list) else []
+            remaining = sorted(set(labels) - {NEEDS_HUMAN_LABEL})
+            if remaining:
+                issue["labels"] = remaining
+            else:
+                issue.pop("labels", None)
+            store.touch(issue)
+
     # -- helpers for the demo and tests -------------------------------------------------------
 
     def _prefix(self, store: _Store) -> str:

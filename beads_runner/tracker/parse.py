@@ -285,7 +285,7 @@ def issue_from_dict(obj: Any, command: str = "bd") -> Issue:
     elif labels is not None:
         data["labels"] = []
     for key in ("title", "description", "design", "acceptance_criteria", "notes", "status", "issue_type",
-                "assignee", "close_reason", "created_at", "updated_at"):
+                "assignee", "close_reason", "created_at", "updated_at", "created_by", "started_at", "defer_until"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             data[key] = str(value)

@@ -242,3 +242,22 @@ def test_cli_serves_until_sigterm(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_an_outage_answers_every_request_with_its_error_for_its_seconds_then_ends(tmp_path):
+    log = tmp_path / "answers.ndjson"
+    script = {"outage": {"status": 429, "message": "You exceeded your current quota", "code": "insufficient_quota",
+                         "type": "insufficient_quota", "seconds": 0.5},
+              "scenarios": [{"match": "demo-1", "rounds": [[{"text": "Back."}]]}]}
+    with ScriptedModelServer(script, answer_log=log) as srv:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(srv, _messages("demo-1 please"))
+        assert err.value.code == 429 and "retry-after" not in {k.lower() for k in err.value.headers}
+        body = json.loads(err.value.read())
+        assert body["error"]["code"] == "insufficient_quota"
+        time.sleep(0.6)
+        _post(srv, _messages("demo-1 please"))  # the outage is over
+        assert [a["status"] for a in srv.answers] == [429, 200]
+    assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == [429, 200]
+    with pytest.raises(ScriptError):
+        ScriptedModelServer({"outage": {"status": 429}})

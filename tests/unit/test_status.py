@@ -123,8 +123,9 @@ def cli(repo: Path, *args: str):
 # --- status --------------------------------------------------------------------------------------------
 def test_status_json_has_stable_keys_runs_failures_and_spending(recorded):
     data = json.loads(cli(recorded, "status", "--json"))
-    assert set(data) == {"repo", "generated_at", "sessions", "spending", "running", "queued", "blocked",
+    assert set(data) == {"repo", "generated_at", "sessions", "spending", "parked", "running", "queued", "blocked",
                          "failures", "recent"}
+    assert data["parked"] == []
     assert data["sessions"] == {"in_use": 0, "cap": 3}
     assert data["running"] == [] and data["queued"] == []
     recent = {r["issue_id"]: r for r in data["recent"]}
@@ -137,6 +138,8 @@ def test_status_json_has_stable_keys_runs_failures_and_spending(recorded):
     [blocked] = data["blocked"]
     assert blocked["issue_id"] == "t-fail" and blocked["failed_step"] == "process"
     assert "without changing any file" in blocked["error"]
+    assert blocked["reason"]["code"] == "with_person" and blocked["reason"]["step"] == "process"
+    assert {r["issue_id"]: r["reason"]["code"] for r in data["recent"]} == {"t-ok": "landed", "t-fail": "with_person"}
     fails = [f for f in data["failures"] if f["issue_id"] == "t-fail"]
     assert [f["attempt"] for f in fails] == [3, 2, 1] and [f["final"] for f in fails] == [True, False, False]
     assert data["spending"]["spent_usd"] == pytest.approx(8 * STEP_COST)
