@@ -72,7 +72,8 @@ def main(ctx: click.Context, repo: str | None, verbose: bool) -> None:
     # output a script reads (status --json, logs --json).
     import structlog
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     ctx.obj["repo"] = _repo_root(repo)
     ctx.obj["verbose"] = verbose
 
