@@ -81,6 +81,7 @@ class Repo:
             kind = "command"
             command = "{sys.executable} {tmp / 'agent.py'}"
             timeout = "2m"
+            writable = ["{tmp}"]  # the script, its plan and its marks live beside the repository
             {agent}
             [engine.retry]
             backoff = "0.2s"
@@ -296,6 +297,12 @@ CLOSE_THEN_TEST = textwrap.dedent("""\
 def test_a_person_who_closes_the_issue_after_the_session_before_landing_wins(tmp_path):
     repo = Repo(tmp_path, gate=f"{sys.executable} {tmp_path / 'close_then_test.py'}")
     (tmp_path / "close_then_test.py").write_text(CLOSE_THEN_TEST)
+    # The gate plays the person, writing the tracker in the main checkout: exactly what the sandbox
+    # forbids a gate. Off for this test only.
+    config = repo.path / ".beads-runner.toml"
+    config.write_text('sandbox = "off"\n' + config.read_text())
+    git(repo.path, "commit", "-q", "-am", "sandbox off: the gate plays a person")
+    repo.initial = git(repo.path, "rev-parse", "main").strip()
     taken = repo.issue("Quick work", {"write": {"pkg/quick.py": "X = 1\n"}})
 
     result = repo.run()
