@@ -98,6 +98,10 @@ VOLATILE = re.compile(
     r"|[0-9a-f]{40}|[0-9a-f]{8}(?= on main)"  # commit shas (the trees are compared instead)
     r"|/tmp/\S+?/(local|hatchet)/)"  # the two repositories' paths
 )
+# Durations measured by the runner and the tools it runs: the gate report's `[FAIL] tests 0.3s`,
+# unittest's `Ran 1 test in 0.000s`. They differ from run to run whatever the engine, so they are no
+# part of what the two engines must agree on; what ran and how it ended still is.
+TIMING = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:ms|s)\b")
 
 
 def normalise(value):
@@ -109,7 +113,7 @@ def normalise(value):
     if isinstance(value, list):
         return [normalise(v) for v in value]
     if isinstance(value, str):
-        return VOLATILE.sub("<v>", value)
+        return TIMING.sub("<t>", VOLATILE.sub("<v>", value))
     return value
 
 
