@@ -42,8 +42,9 @@ def test_it_is_a_compose_file_with_the_two_services_and_their_volumes(compose):
 
 def test_images_are_pinned_to_the_tested_engine_and_postgres_15(compose):
     services = compose["services"]
-    assert engine_version_under_test() == "v0.104.7"
-    assert services["hatchet-lite"]["image"] == f"ghcr.io/hatchet-dev/hatchet/hatchet-lite:{engine_version_under_test()}"
+    version = engine_version_under_test()
+    assert version == "v0.104.7"
+    assert services["hatchet-lite"]["image"] == f"ghcr.io/hatchet-dev/hatchet/hatchet-lite:{version}"
     assert re.fullmatch(r"postgres:15\.\d+", services["postgres"]["image"])
 
 
