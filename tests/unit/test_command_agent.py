@@ -155,7 +155,9 @@ time.sleep(120)
 
 
 def test_whole_process_group_is_killed_on_stall(tmp_path):
-    agent = _agent(tmp_path, GRANDCHILD, timeout=60, stall_timeout=1.0)
+    # 5 s: the stall must come after the script has spawned its grandchild (one Python start and one
+    # spawn, which a loaded machine can stretch past 1 s), or there is no grandchild to check.
+    agent = _agent(tmp_path, GRANDCHILD, timeout=60, stall_timeout=5.0)
     result = agent.run(_request(tmp_path))
     assert result.stalled
     grandchild = int((tmp_path / "wt" / "grandchild.pid").read_text())
