@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,8 +14,9 @@ import click
 
 from beads_runner import __version__
 from beads_runner.config import load_config
-from beads_runner.errors import RunnerError
+from beads_runner.errors import ConfigError, RunnerError
 from beads_runner.logs import configure_logging
+from beads_runner.safe_text import one_line, printable
 from beads_runner.services import Services, register_services
 
 
@@ -47,6 +49,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RunnerError as exc:
             click.echo(f"error: {exc.render()}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = exc.filename or "a file"
+            click.echo(f"error: cannot write {where}: {exc.strerror}\n  fix: make it writable by this user (free "
+                       "space, a writable mount), then run again; nothing was lost", err=True)
             sys.exit(2)
 
 
@@ -111,9 +120,12 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     if svc.config.engine.kind == "hatchet":
         from workflows.hatchet import start_with_hatchet
 
+        # Only submits: the steps run on `beads-runner worker`, which enters the sandbox itself.
         sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
     from beads_runner.daemon import Runner
 
+    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
+    _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
     _preflight(svc)
     runner = Runner(svc)
@@ -121,9 +133,29 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     sys.exit(runner.run(once=once, poll_interval=poll_interval))
 
 
+def _require_writable_state(svc: Services) -> None:
+    """The runner keeps its state under .beads-runner/: unwritable, nothing could be recorded."""
+    probe = svc.state_dir / f".write-test-{os.getpid()}"
+    try:
+        svc.state_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise RunnerError(f"{svc.state_dir} is not writable: {exc.strerror or exc}",
+                          fix=f"make {svc.state_dir} writable by this user (free space, a writable mount), "
+                              "then start again") from None
+
+
 def _preflight(svc: Services) -> None:
     """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
     svc.workspace.check_target()
+    from quality_gates.gates import missing_commands
+
+    missing = missing_commands(svc.gates, svc.repo)
+    if missing:
+        raise ConfigError(f"gate command not found: {', '.join(missing)}",
+                          fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
+                              "(a relative path is taken from the repository root)")
     svc.tracker.version()
     resolve = getattr(svc.agent, "resolve_executable", None)
     if resolve is not None:
@@ -160,10 +192,10 @@ def _dry_run(svc: Services) -> None:
     template = load_template(svc.state_dir)
     for n, issue in enumerate(issues):
         if not is_safe_issue_id(issue.id):
-            click.echo(f"  REFUSED {issue.id!r}: not safe as a branch and path name")
+            click.echo(f"  REFUSED {printable(repr(issue.id))}: not safe as a branch and path name")
             continue
         mark = "claim" if n < cap else "later"
-        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {issue.title}")
+        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {one_line(issue.title, 200)}")
     first = next((i for i in issues if is_safe_issue_id(i.id)), None)
     if first is not None:
         click.echo(f"\n--- prompt for {first.id} ---")
@@ -196,6 +228,8 @@ def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
             _print_outcome(view)
             sys.exit(0 if view.status == "succeeded" else 1)
         return
+    if wait:
+        svc.enter_sandbox()
     engine = build_engine(svc)
     run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
     click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")
@@ -301,7 +335,8 @@ def logs(ctx: click.Context, ref: str, follow: bool, as_json: bool) -> None:
     svc = _services(ctx)
     try:
         for line in stream_logs(svc, ref, follow=follow, as_json=as_json):
-            click.echo(line)
+            # JSON escapes control characters itself; text lines carry the agent's words raw.
+            click.echo(line if as_json else printable(line, keep_newlines=True))
     except KeyboardInterrupt:
         return
 
@@ -327,7 +362,38 @@ def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(render_review(data))
+        click.echo(printable(render_review(data), keep_newlines=True))
+
+
+@main.command()
+@click.argument("issue_ids", nargs=-1)
+@click.option("--since", default=None, help="Issues landed after this date (git's date formats).")
+@click.option("--gates", "with_gates", is_flag=True, help="Also run the gates at each landed commit.")
+@click.option("--reopen", "reopen_mismatches", is_flag=True, help="Reopen each mismatch, with a comment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def verify(ctx: click.Context, issue_ids: tuple[str, ...], since: str | None, with_gates: bool,
+           reopen_mismatches: bool, as_json: bool) -> None:
+    """Re-prove closed issues: the trailer commit is on the target, the close reason names it, and
+    (--gates) the gates pass at it. Without ISSUE_IDS: every issue landed on the target. Exit 1 on
+    any mismatch.
+
+    \b
+    --json: [{issue_id, ok, status, commit, close_reason, gates, problems, reopened}]
+    """
+    from beads_runner.verify import render_verdicts, run_verify
+
+    svc = _services(ctx)
+    verdicts = run_verify(svc, list(issue_ids), since=since, gates=with_gates, reopen_mismatches=reopen_mismatches)
+    if as_json:
+        click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 160).print(render_verdicts(verdicts, with_gates))
+        bad = sum(1 for v in verdicts if not v.ok)
+        click.echo(f"{len(verdicts)} issue(s) checked, {bad} mismatch(es)" if verdicts else "no landed issue to verify")
+    sys.exit(1 if any(not v.ok for v in verdicts) else 0)
 
 
 # --- hatchet ------------------------------------------------------------------------------------
@@ -340,6 +406,7 @@ def worker(ctx: click.Context, name: str | None) -> None:
 
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
+    svc.enter_sandbox()
     run_worker(svc, name=name)
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -30,6 +31,7 @@ STATE_DIR = ".beads-runner"
 STATE_DB = "state.db"  # the embedded engine's database, in STATE_DIR
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 30 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -45,6 +47,9 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration like \"30s\", \"5m\" or \"1h\" (a positive number of s, m or h)")
     if seconds <= 0:
         raise ValueError("a positive duration (\"30s\", \"5m\", \"1h\"); zero or negative is not allowed")
+    if seconds > MAX_DURATION:
+        # Beyond this, timers overflow (OverflowError from a thread's wait) long before anyone waits.
+        raise ValueError(f"a duration of at most {MAX_DURATION / 86400:g} days")
     return seconds
 
 
@@ -66,6 +71,9 @@ class TrackerConfig(_Section):
 
 class AgentConfig(_Section):
     kind: Literal["opencode", "command"] = "opencode"
+    # opencode only: "run" = one `opencode run` process per session; "server" = one `opencode serve`
+    # per runner process, sessions over its HTTP API (no start-up cost per session)
+    mode: Literal["run", "server"] = "run"
     command: str | None = None  # opencode: PATH, then node_modules/.bin/opencode. command: required.
     args: list[str] = Field(default_factory=list)  # extra arguments for the executable
     model: str = ""  # provider/model, passed as --model
@@ -74,6 +82,16 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)  # added to the agent's environment
     max_attempts: int = Field(3, ge=1, le=10)  # sessions per run: the first, then fixes fed the gate report
     daily_budget_usd: float | None = Field(None, ge=0)  # spent (UTC day): no new sessions start
+    # Directories the agent may write besides its worktree, in the sandbox (its own state, say ~/.claude);
+    # opencode's data, cache and state directories are always writable.
+    writable: list[str] = Field(default_factory=list)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_needs_opencode(cls, value: str, info: ValidationInfo) -> str:
+        if value == "server" and info.data.get("kind") == "command":
+            raise ValueError('"run" when agent.kind is "command" (the server mode is opencode\'s)')
+        return value
 
     @field_validator("model")
     @classmethod
@@ -183,6 +201,7 @@ class GateConfig(_Section):
     baseline: StrictBool = False  # fail only for failures the target does not already have
     baseline_match: Annotated[str | None, BeforeValidator(_regex)] = None  # failure lines (default: all)
     baseline_ignore_numbers: StrictBool = True  # line/column numbers do not tell failures apart
+    junit: str | None = Field(None, min_length=1)  # a JUnit XML file the command writes (test counts)
 
     @field_validator("name")
     @classmethod
@@ -212,15 +231,37 @@ class DiffConfig(_Section):
     forbidden: Globs = Field(default_factory=list)  # added to .beads/**, .beads-runner/**, .git/**
     secrets: StrictBool = True  # no added private key, .env file or token
     secrets_allow: Globs = Field(default_factory=list)  # paths exempt from the secret scan (test fixtures)
+    max_bytes: StrictInt | None = Field(None, ge=1)  # bytes added (new files whole, added lines); unset: no limit
+    binary_allow: Globs = Field(default_factory=list)  # binary files that may land (e.g. "docs/**/*.png")
+
+
+LABEL = r"^[A-Za-z0-9_.:/-]+$"
+
+
+class YardstickConfig(_Section):
+    """`[yardstick]`: the target's gates are the measure; a change that moves them never lands on its own.
+
+    A change to what defines or feeds the gates (this config, a script or Makefile target a gate runs,
+    test/lint config, CI config, `protected` globs), or one that deletes, skips or weakens existing
+    tests, goes to a person, unless the issue carries the label that allows it."""
+
+    enabled: StrictBool = True
+    protected: Globs = Field(default_factory=list)  # more files that define or feed the gates
+    gates_label: str = Field("gates-change", min_length=1, pattern=LABEL)  # allows a change to the gates
+    tests_label: str = Field("tests-change", min_length=1, pattern=LABEL)  # allows fewer/weaker tests
 
 
 class Config(_Section):
+    # How agent sessions and gates are confined (beads_runner/sandbox.py): "auto" and "bwrap" need
+    # bubblewrap (`start` refuses without it); "off" runs them unconfined.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     land: LandConfig = Field(default_factory=LandConfig)
     gates: list[GateConfig] = Field(default_factory=list)
     diff: DiffConfig = Field(default_factory=DiffConfig)
+    yardstick: YardstickConfig = Field(default_factory=YardstickConfig)
 
     @field_validator("gates")
     @classmethod

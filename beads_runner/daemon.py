@@ -125,10 +125,13 @@ class PollResult:
     submitted: list[str] = field(default_factory=list)
     ready: int = 0
     refused: list[str] = field(default_factory=list)
+    tracker_error: str | None = None  # the tracker could not say what is ready: nothing is known
 
 
 class Runner:
     """poll → claim → submit, on top of an engine that runs and resumes the workflow."""
+
+    ONCE_TRACKER_TRIES = 3  # --once: polls in a row the tracker fails before giving up
 
     def __init__(self, services: Services, engine: LocalEngine | None = None):
         self.services = services
@@ -139,6 +142,7 @@ class Runner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.submitted: list[str] = []
+        self.tracker_failed: str | None = None  # --once gave up: the tracker failed on every try
         self.engine.add_listener(self._wake.set)
         self.engine.add_listener(self.budget.invalidate)
 
@@ -173,10 +177,12 @@ class Runner:
                 continue
             except TrackerBusy as exc:
                 log.warning("tracker busy, will poll again", error=exc.message)
+                result.tracker_error = exc.message
                 break
             except TrackerError as exc:
                 # A daemon does not die of one bad tracker answer: say it, and ask again next poll.
                 log.error("tracker call failed, will poll again", error=exc.message, fix=exc.fix)
+                result.tracker_error = exc.message
                 break
             if issue is None:
                 break
@@ -264,6 +270,7 @@ class Runner:
         self.engine.start()
         log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,
                  resumed=len(self.submitted))
+        failed_polls = 0
         try:
             next_poll = 0.0
             while not self._stop.is_set():
@@ -272,8 +279,17 @@ class Runner:
                     self._wake.clear()
                     result = self.poll_once()
                     next_poll = now + interval
+                    failed_polls = failed_polls + 1 if result.tracker_error else 0
                     if once and not result.submitted and self._idle():
-                        break
+                        if not result.tracker_error:
+                            break
+                        # "Nothing ready" is not known when the tracker fails: ask again a few times,
+                        # then give up with a non-zero exit instead of claiming all is done.
+                        if failed_polls >= self.ONCE_TRACKER_TRIES:
+                            self.tracker_failed = result.tracker_error
+                            log.error("--once: the tracker failed on every try; giving up",
+                                      error=result.tracker_error, tries=failed_polls)
+                            break
                 self._wake.wait(watch_interval)
                 if watcher is not None and watcher.changed():
                     self._wake.set()
@@ -297,5 +313,9 @@ class Runner:
         return True
 
     def exit_code(self) -> int:
+        """0: every run seen landed or was skipped; 1: a run failed, or (--once) the tracker never
+        answered what is ready."""
+        if self.tracker_failed is not None:
+            return 1
         runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]
         return 1 if any(r is not None and r.status == "failed" for r in runs) else 0

@@ -30,6 +30,7 @@ from beads_runner.config import CONFIG_FILE, STATE_DIR, load_config
 from beads_runner.daemon import Runner
 from beads_runner.errors import RunnerError
 from beads_runner.logs import configure_logging
+from beads_runner.sandbox import SandboxUnavailable
 from beads_runner.scripted_model import ScriptedModelServer
 from beads_runner.services import Services, register_services
 from beads_runner.tracker.jsonl import JsonlTracker
@@ -188,10 +189,15 @@ def run_demo(repo: Path, fresh: bool = True, delay: float = 0.0, engine: str = "
 
 
 def _run_embedded(repo: Path, env: dict[str, str]) -> tuple[int, float]:
+    echo = click.echo
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         svc = register_services(Services(repo, load_config(repo)))
+        try:
+            echo(f"Sandbox: {svc.enter_sandbox().describe()}")
+        except SandboxUnavailable as exc:  # the demo still shows the flow, and says what is missing
+            echo(f"Sandbox: none ({exc.message}); the demo runs unconfined. {exc.fix}")
         configure_logging(svc.state_dir / "logs")
         started = time.monotonic()
         code = Runner(svc).run(once=True)

@@ -61,7 +61,8 @@ def run_checks(repo: Path) -> list[Check]:
         exe = agent.resolve_executable() if hasattr(agent, "resolve_executable") else config.agent.command
         version = agent.version() if hasattr(agent, "version") else "?"
         model = config.agent.model or "(opencode's default model)"
-        return f"{config.agent.kind} {version} at {exe}; model {model}"
+        mode = f" (mode {config.agent.mode})" if config.agent.kind == "opencode" else ""
+        return f"{config.agent.kind} {version} at {exe}{mode}; model {model}"
 
     checks.append(_attempt("agent", agent_check))
 
@@ -84,16 +85,36 @@ def run_checks(repo: Path) -> list[Check]:
 
     checks.append(_attempt("engine", engine_check))
 
-    def gates_check() -> str:
-        import shutil
+    if config.engine.kind == "hatchet" and config.land.push:
+        def shared_tracker_check() -> str:
+            # Several machines (land.push) work one backlog only if they all read and claim in one tracker.
+            if config.tracker.kind == "jsonl":
+                raise RunnerError("land.push = true (several machines) with the jsonl tracker: each clone has its "
+                                  "own .beads/issues.jsonl, so two machines can claim the same issue",
+                                  fix="use bd with one shared database (bd's server mode, or a Dolt remote every "
+                                      "machine syncs), or run start and all workers on one machine (land.push = false)")
+            return ("bd: every machine must reach the same bd database (bd's server mode or a shared Dolt remote); "
+                    "claims are read back, so a stale copy loses the claim rather than working an issue twice")
 
+        checks.append(_attempt("shared tracker", shared_tracker_check))
+
+    def gates_check() -> str:
         if not config.gates:
             return "no gates configured (add [[gates]] so work is checked before it lands)"
-        missing = [g.name for g in config.gates if shutil.which(g.argv[0]) is None and not Path(g.argv[0]).exists()]
+        from quality_gates.gates import missing_commands
+
+        missing = missing_commands(svc.gates, repo)
         if missing:
             raise RunnerError(f"gate command not found for: {', '.join(missing)}",
                               fix="install the tool or correct its `run` in .beads-runner.toml")
         return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
 
     checks.append(_attempt("gates", gates_check))
+
+    def sandbox_check() -> str:
+        from beads_runner import sandbox
+
+        return sandbox.resolve(config.sandbox, repo).describe()
+
+    checks.append(_attempt("sandbox", sandbox_check))
     return checks

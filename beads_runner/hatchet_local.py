@@ -230,7 +230,8 @@ class OwnedPostgres:
             st = parent.stat()
             if st.st_uid != uid and not st.st_mode & 0o001:
                 raise RunnerError(
-                    f"PostgreSQL runs as uid {uid} (not root) and cannot enter {parent} (mode {oct(st.st_mode & 0o777)})",
+                    f"PostgreSQL runs as uid {uid} (not root) and cannot enter {parent} "
+                    f"(mode {oct(st.st_mode & 0o777)})",
                     fix=f"chmod o+x {parent}, or set engine.hatchet.database_url to a PostgreSQL you run")
 
     def password(self) -> str:
@@ -543,7 +544,8 @@ def serve(state_dir: Path, settings, *, ready_timeout: float = 180.0) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         client = engine.start(ready_timeout=ready_timeout)
-        print(f"Hatchet engine up: API {client['HATCHET_CLIENT_SERVER_URL']}, gRPC {client['HATCHET_CLIENT_HOST_PORT']}",
+        print(f"Hatchet engine up: API {client['HATCHET_CLIENT_SERVER_URL']}, "
+              f"gRPC {client['HATCHET_CLIENT_HOST_PORT']}",
               flush=True)
         print(f"client settings in {layout.client_env} (read by beads-runner when HATCHET_CLIENT_TOKEN is unset); "
               "Ctrl-C stops the engine", flush=True)

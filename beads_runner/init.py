@@ -14,6 +14,8 @@ TEMPLATE = """\
 # beads-runner configuration. Every key is optional; the values shown are the defaults.
 # Durations: "90s", "5m", "1h" (plain numbers are seconds).
 
+sandbox = "auto"          # agents and gates under bubblewrap (apt-get install bubblewrap); "off": unconfined
+
 [tracker]
 kind = "{tracker_kind}"          # "bd": the bd CLI; "jsonl": .beads/issues.jsonl in beads' export format
 command = "bd"            # the bd executable (name on PATH or a path)
@@ -24,11 +26,13 @@ actor = "beads-runner"    # passed as --actor on every bd call; claims and comme
 [agent]
 kind = "opencode"         # or "command": any CLI that takes the prompt on stdin
 # command = "opencode"    # default: opencode on PATH, then node_modules/.bin/opencode
+# mode = "run"            # opencode: "run" (a process per session) or "server" (one `opencode serve`)
 model = "{model}"         # provider/model, passed as --model
 timeout = "30m"           # wall-clock limit of one session
 stall_timeout = "5m"      # no event from the agent for this long: kill it and retry
 # args = []               # extra arguments for the agent
 # env = {{}}                # extra environment for the agent
+# writable = []           # directories the agent may write besides its worktree (in the sandbox)
 
 [engine]
 kind = "local"            # "local" (embedded, state in .beads-runner/state.db) or "hatchet"
@@ -52,9 +56,18 @@ target = "main"           # the branch that receives the work
 # secrets = true          # no private key, .env file or token may be added
 # secrets_allow = ["tests/fixtures/**"]
 
+# The yardstick is the target's: a change to what feeds the gates (this file, a script or make target
+# a gate runs, test/lint/CI config) or one that deletes, skips or weakens existing tests goes to a
+# person, unless the issue carries the label below.
+[yardstick]
+# protected = ["tools/check/**"]   # more files that define or feed the gates
+# gates_label = "gates-change"
+# tests_label = "tests-change"
+
 # Quality gates: commands run (without a shell) in the issue's worktree; all must pass.
 # Per gate: env = {{}} (added environment), when = ["src/**"] (run only if the change touches these),
-# baseline = true (fail only for failures the target does not already have).
+# baseline = true (fail only for failures the target does not already have),
+# junit = "report.xml" (test counts from the JUnit XML file the command writes).
 {gates}"""
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,38 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
         time.sleep(0.05)
     _signal_group(proc.pid, signal.SIGKILL)  # the leader, if still there, and whatever it left behind
     proc.wait()
+
+
+TAG_VAR = "BEADS_RUNNER_PROC_TAG"
+
+
+def new_tag() -> str:
+    """A value for TAG_VAR in one gate's environment: inherited by everything it starts, even what
+    leaves its process group with setsid, so `kill_tagged` finds those too."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def kill_tagged(tag: str) -> list[int]:
+    """SIGKILL every process whose environment carries TAG_VAR=tag (what a gate left running in a
+    session of its own). Returns their pids."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    if killed:
+        log.warning("killed processes a gate left running outside its process group", pids=killed)
+    return killed
 
 
 def start_ticks(pid: int) -> int | None:

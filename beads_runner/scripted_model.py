@@ -107,7 +107,7 @@ def _check_turn(turn: Any, where: str) -> dict[str, Any]:
             raise ScriptError(f"{where}.tools[{i}]: needs a string 'name'")
         if not isinstance(tool.get("args", {}), dict):
             raise ScriptError(f"{where}.tools[{i}].args: must be an object")
-    return {"text": str(turn.get("text", "")), "tools": tools}
+    return {"text": str(turn.get("text", "")), "tools": tools, "hang": bool(turn.get("hang", False))}
 
 
 def load_script(script: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:

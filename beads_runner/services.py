@@ -56,6 +56,15 @@ class Services:
         land = self.config.land
         return Workspace(self.repo, land.target, self.state_dir, push=land.push, remote=land.remote)
 
+    def enter_sandbox(self):  # -> sandbox.Sandbox
+        """Confine every agent session and gate this process runs from now on, as `sandbox` says;
+        SandboxUnavailable (error + fix) if it cannot work here. Called before any step runs."""
+        from beads_runner import sandbox
+
+        chosen = sandbox.resolve(self.config.sandbox, self.repo)
+        sandbox.configure(chosen)
+        return chosen
+
     @cached_property
     def gates(self) -> list[Gate]:
         # The diff gates, then the [[gates]] commands; all measured against [land] target.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from beads_runner import costs
+from beads_runner import costs, safe_text
 from beads_runner.errors import RunnerError
 from beads_runner.logs import short_run_id
 from beads_runner.services import Services
@@ -40,8 +40,7 @@ def _engine(svc: Services):
 
 
 def one_line(text: Any, limit: int = 160) -> str:
-    line = " ".join(("" if text is None else str(text)).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return safe_text.one_line(text, limit)  # no control characters: titles and reasons are untrusted
 
 
 # --- runs as data ----------------------------------------------------------------------------------
@@ -54,10 +53,11 @@ def _title(run: RunView) -> str | None:
 
 
 def _phase(run: RunView) -> str:
-    """running | queued | blocked | landed | skipped | failed | cancelled.
+    """running | queued | blocked | landed | skipped | superseded | failed | cancelled.
 
     queued: active, its process step not started (check-deps, or waiting for a session);
-    blocked: failed (or being handed to a person right now)."""
+    blocked: failed (or being handed to a person right now);
+    superseded: a person closed, took, deferred or deleted the issue mid-run; nothing landed."""
     if run.status == "failing":
         return "blocked"
     if run.status in ACTIVE:
@@ -68,7 +68,10 @@ def _phase(run: RunView) -> str:
             return "queued"
         return "running"
     if run.status == "succeeded":
-        return "skipped" if (run.outcome or {}).get("skipped") else "landed"
+        outcome = run.outcome or {}
+        if outcome.get("superseded"):
+            return "superseded"
+        return "skipped" if outcome.get("skipped") else "landed"
     return run.status
 
 
@@ -162,7 +165,7 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
 
     Each run (in running, queued, blocked, recent): `run_id`, `run` (short id), `issue_id`, `title`
     (null until check-deps read the issue), `status` (engine: queued|running|failing|succeeded|
-    failed|cancelled), `phase` (running|queued|blocked|landed|skipped|failed|cancelled), `step`,
+    failed|cancelled), `phase` (running|queued|blocked|landed|skipped|superseded|failed|cancelled), `step`,
     `step_status`, `attempt`, `max_attempts` (of the current step; null once finished), `retry_at`
     (Unix time of the next try, or null), `elapsed_s`, `created_at`, `finished_at`, `failed_step`,
     `error`, `outcome` (the commit step's output), `commit` (sha or null), `steps`, `attempts`,
@@ -221,6 +224,8 @@ def _outcome_line(run: dict[str, Any]) -> str:
     if run["status"] == "failed":
         return f"failed at {run['failed_step']}: {one_line(run['error'], 100)}"
     out = run.get("outcome") or {}
+    if out.get("superseded"):
+        return f"superseded: {one_line(out.get('superseded'), 100)}"
     if out.get("skipped"):
         return f"skipped: {one_line(out.get('reason'), 100)}"
     return out.get("close_reason") or run["status"]
@@ -413,7 +418,7 @@ def stream_logs(svc: Services, ref: str, follow: bool = False, as_json: bool = F
     run = _find_run(engine, ref)
     if not as_json:
         title = _title(run)
-        yield f"run {run.id}  issue {run.key}" + (f": {title}" if title else "") + f"  ({run.status})"
+        yield f"run {run.id}  issue {run.key}" + (f": {one_line(title, 200)}" if title else "") + f"  ({run.status})"
     if follow and hasattr(engine, "stream"):
         # Hatchet: the steps run on workers; their events come on the run's stream.
         for ev in engine.stream(run.id):
@@ -497,7 +502,8 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
         run = engine.get_run(run_id) if engine and run_id else None
         if run is not None:
             d = _run_dict(engine, run, svc.state_dir)
-            tries = sum(1 for a in d["attempts"] if a["step"] == PROCESS and a["status"] != "interrupted")
+            tries = sum(1 for a in d["attempts"]
+                        if a["step"] == PROCESS and a["status"] not in ("interrupted", "deferred"))
             entry.update(title=d["title"] or title, duration_s=d["elapsed_s"], tokens=d["tokens"], cost=d["cost"],
                          attempts=tries)
         commits.append(entry)
@@ -517,7 +523,7 @@ def render_review(data: dict[str, Any]) -> str:
                      + (f" for {data['issue_id']}" if data.get("issue_id") else "")
                      + " (looked for the Beads-Issue trailer)")
     for c in commits:
-        lines.append(f"{c['sha'][:10]}  {c['issue_id']:<14} {c['title']}")
+        lines.append(f"{c['sha'][:10]}  {c['issue_id']:<14} {one_line(c['title'], 200)}")
         details = [f"gates: {c['gates'] or '-'}", f"agent: {c['agent'] or '-'}"]
         if c["duration_s"] is not None:
             details += [f"{c['attempts']} attempt(s)", f"took {_ago(c['duration_s'])}", f"{c['tokens']:,} tokens",

@@ -7,26 +7,55 @@ trailer, the target already containing it) and goes on from there.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import stat
+import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 from filelock import FileLock
 
+from beads_runner import procreg
 from beads_runner.errors import GitError
 from beads_runner.ids import require_safe_issue_id
+from beads_runner.safe_text import SUBJECT_TITLE_MAX, one_line, printable
+from quality_gates.change import read_chunks
 
 BRANCH_PREFIX = "beads-runner/"
 # Paths the runner never commits: the tracker's own files and the runner's state.
 NEVER_COMMIT = (".beads", ".beads-runner")
+# On every git call of the runner: repository hooks never run (the agent's change, or anything that
+# wrote into .git, must not get the runner to execute it), nor does an fsmonitor command.
+SAFE_GIT_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "beads-runner", "GIT_AUTHOR_EMAIL": "beads-runner@localhost",
                       "GIT_COMMITTER_NAME": "beads-runner", "GIT_COMMITTER_EMAIL": "beads-runner@localhost"}
+
+
+_step = threading.local()  # .cancel: the Event of the step this thread runs, if any
+
+
+@contextmanager
+def cancel_with(cancel: threading.Event | None) -> Iterator[None]:
+    """While the block runs, a git call of this thread ends (GitError) once `cancel` is set: a step's
+    timeout or a stop ends the step even when git blocks."""
+    previous = getattr(_step, "cancel", None)
+    _step.cancel = cancel
+    try:
+        yield
+    finally:
+        _step.cancel = previous
+
+
+class WorktreeBusy(GitError):
+    """Another runner (alive, if stopped) works in the issue's worktree: one worktree, one agent."""
 
 
 class LandingRefused(GitError):
@@ -42,12 +71,13 @@ class Landed:
 
 
 def trailer_message(title: str, issue_id: str, body: str, trailers: dict[str, str]) -> str:
-    """`<title> (<id>)`, a body, then `Key: value` trailers; newlines in values are flattened."""
-    subject = " ".join(f"{title} ({issue_id})".split())
+    """`<title> (<id>)`, a body, then `Key: value` trailers; newlines in values are flattened. The
+    title is untrusted: no control characters, at most SUBJECT_TITLE_MAX characters."""
+    subject = f"{one_line(title, SUBJECT_TITLE_MAX) or '(no title)'} ({issue_id})"
     lines = [subject, ""]
     if body.strip():
-        lines += [body.strip(), ""]
-    lines += [f"{k}: {' '.join(str(v).split())}" for k, v in trailers.items()]
+        lines += [printable(body, keep_newlines=True).strip(), ""]
+    lines += [f"{k}: {one_line(v, 1000)}" for k, v in trailers.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -102,21 +132,44 @@ class Workspace:
         return env
 
     def git(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-        """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure."""
-        g = git.Git(str(cwd or self.root))
-        extra = {**self._env, **(env or {})}
+        """Run git (argv, no shell) in `cwd` (default: the repo root); raise GitError on failure.
+
+        Never run: repository hooks, an fsmonitor, a prompt for credentials. A call blocked in git (a
+        filter, a remote that never answers) ends when the step running it is cancelled (its timeout,
+        a stop): see `cancel_with`."""
+        where = cwd or self.root
+        environ = {**os.environ, **self._env, **(env or {}), "LANGUAGE": "C", "LC_ALL": "C",
+                   "GIT_TERMINAL_PROMPT": "0"}
+        cancel = getattr(_step, "cancel", None)
         try:
             # Its own session, like bd: a signal to the runner's group must not kill git mid-write
             # (a half-written ref or a left index.lock); the runner stops after the call instead.
-            return g.execute(["git", *args], env=extra or None, start_new_session=True)
-        except git.GitCommandError as exc:
-            detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
-            fix = None
-            if "index.lock" in detail:
-                lock = re.search(r"'([^']*index\.lock)'", detail)
-                fix = (f"another git process is running in {cwd or self.root}, or one was killed and left "
-                       f"{lock.group(1) if lock else 'its index.lock'}: if no git is running there, delete that file")
-            raise GitError(f"git {' '.join(args[:3])} failed: {detail}", fix=fix) from None
+            proc = subprocess.Popen(["git", *SAFE_GIT_CONFIG, *args], cwd=where, env=environ,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc}", fix="install git and make sure it is on PATH") from None
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    procreg.kill_group(proc, 3.0)  # SIGTERM first: git removes its lock files
+                    raise GitError(f"git {' '.join(args[:3])} was stopped: the step was cancelled or timed out "
+                                   "while git ran", fix=f"if git blocks in {where} (a filter, a remote that never "
+                                   "answers), fix that; the next attempt runs it again") from None
+        stdout = out.decode("utf-8", "surrogateescape")
+        stdout = stdout[:-1] if stdout.endswith("\n") else stdout
+        if proc.returncode == 0:
+            return stdout
+        detail = (err.decode("utf-8", "replace") or stdout).strip()
+        fix = None
+        if "index.lock" in detail:
+            lock = re.search(r"'([^']*index\.lock)'", detail)
+            fix = (f"another git process is running in {cwd or self.root}, or one was killed and left "
+                   f"{lock.group(1) if lock else 'its index.lock'}: if no git is running there, delete that file")
+        raise GitError(f"git {' '.join(args[:3])} failed: {detail}", fix=fix)
 
     def _admin(self) -> FileLock:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +211,8 @@ class Workspace:
         with self._admin_lock, self._admin():
             if (path / ".git").exists() and self._worktree_branch(path) == branch:
                 return path
+            if (path / ".git").is_file() and self._repair(path) == branch:
+                return path  # its .git file had been rewritten (by an unconfined agent): git rewrote it back
             self.git("worktree", "prune")
             self.worktrees_dir.mkdir(parents=True, exist_ok=True)
             if path.exists() and not any(path.iterdir()):
@@ -171,6 +226,42 @@ class Workspace:
                 self.check_target()
                 self.git("worktree", "add", "-q", "--no-track", "-b", branch, str(path), self.base)
         return path
+
+    def _repair(self, path: Path) -> str | None:
+        """`git worktree repair` for a worktree whose `.git` file no longer points at its admin entry;
+        the branch it is on afterwards (None: not repaired)."""
+        admin = self.root / ".git" / "worktrees" / path.name
+        if not (admin / "gitdir").is_file():
+            return None
+        try:
+            (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
+            self.git("worktree", "repair", str(path))
+        except (OSError, GitError):
+            return None
+        return self._worktree_branch(path)
+
+    @contextmanager
+    def worktree_lock(self, issue_id: str) -> Iterator[None]:
+        """Held while an agent or the gates work in the issue's worktree. A runner stopped (SIGSTOP)
+        past its lease still holds it, so a second runner resuming the step never starts a second
+        agent there; a dead runner's lock is released by the kernel."""
+        directory = self._lock_path("worktree-locks")
+        directory.mkdir(exist_ok=True)
+        fd = os.open(directory / f"{require_safe_issue_id(issue_id)}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorktreeBusy(f"another runner still works in the worktree of {issue_id} (it holds its lock, "
+                               "perhaps stopped): one worktree, one agent",
+                               fix="if that runner is stopped (SIGSTOP), continue (SIGCONT) or end it; this step "
+                                   "is tried again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _worktree_branch(self, path: Path) -> str | None:
         try:
@@ -207,10 +298,7 @@ class Workspace:
         path = self.worktree_path(issue_id)
         out: dict[str, str | None] = {}
         for name in self.changed_files(issue_id):
-            try:
-                out[name] = hashlib.sha1((path / name).read_bytes()).hexdigest()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                out[name] = None
+            out[name] = content_hash(path / name)
         return out
 
     def tree_id(self, issue_id: str) -> str:
@@ -248,6 +336,8 @@ class Workspace:
             return head  # already committed (a re-run)
         if head != base:
             self.git("reset", "--soft", base, cwd=path)
+        # What the agent staged or committed itself under .beads/ or .beads-runner/ is never committed.
+        self.git("reset", "-q", base, "--", *NEVER_COMMIT, cwd=path)
         if paths is None:
             self.git("add", "-A", "--", ".", *[f":(exclude){p}" for p in NEVER_COMMIT], cwd=path)
         elif paths:
@@ -347,8 +437,18 @@ class Workspace:
         """Rebase the issue branch onto `target_sha` if it is not on it already, then re-run the gates."""
         path = self.worktree_path(issue_id)
         branch = self.branch(issue_id)
+        pending = self._lock_path("regate") / require_safe_issue_id(issue_id)
         if self.git("merge-base", branch, target_sha) == target_sha:
+            # On the target already. If that is from a rebase whose re-gate never finished (a stop, a
+            # crash, a failing gate), the tree was never gated: gate it now, before it can land.
+            if pending.exists() and regate is not None:
+                self._regate(issue_id, path, branch, regate, pending)
+                return True
+            pending.unlink(missing_ok=True)
             return False
+        # Recorded before the rebase, removed only once the gates pass on the rebased tree.
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        pending.write_text(target_sha + "\n", encoding="utf-8")
         try:
             # --autostash: what the gates left in the worktree must not stop the rebase
             self.git("rebase", "-q", "--autostash", target_sha, cwd=path)
@@ -362,11 +462,22 @@ class Workspace:
                 fix=f"resolve it by hand in {path} (git rebase {self.target}), then land it",
             ) from None
         if regate is not None:
-            passed, summary = regate(path)
-            if not passed:
-                raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
-                                     fix=f"fix the branch {branch} in {path}")
+            self._regate(issue_id, path, branch, regate, pending)
+        else:
+            pending.unlink(missing_ok=True)
         return True
+
+    def _regate(self, issue_id: str, path: Path, branch: str, regate: Callable[[Path], tuple[bool, str]],
+                pending: Path) -> None:
+        tree = self.git("rev-parse", f"{branch}^{{tree}}")
+        passed, summary = regate(path)
+        if not passed:
+            raise LandingRefused(f"after rebasing onto {self.target} the gates fail: {summary}",
+                                 fix=f"fix the branch {branch} in {path}")
+        if self.git("rev-parse", f"{branch}^{{tree}}") != tree:
+            raise LandingRefused(f"{branch} changed while the gates ran on it; it was not landed",
+                                 fix="the next attempt gates it again")
+        pending.unlink(missing_ok=True)
 
     def _lock_path(self, name: str) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -398,7 +509,36 @@ class Workspace:
                 f"({', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}); it was not touched",
                 fix=f"commit or stash them, then the next attempt lands {sha[:10]}",
             )
+        # git overwrites an ignored file without a word when the change adds that path (after un-ignoring
+        # it): a file the owner keeps there must never be lost to a landing.
+        added = [p for p in self.git("diff", "--no-renames", "--name-only", "-z", "--diff-filter=AT", expected_old,
+                                     sha).split("\0") if p]
+        kept = [p for p in added if os.path.lexists(checkout / p)]
+        if kept:
+            raise LandingRefused(
+                f"landing would overwrite {len(kept)} untracked or ignored file(s) in the checkout of {self.target} "
+                f"at {checkout} ({', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}); it was not touched",
+                fix=f"move those files away (they are yours, not the change's), then the next attempt lands {sha[:10]}",
+            )
         self.git("merge", "--ff-only", "-q", sha, cwd=checkout)
+
+
+def content_hash(path: Path) -> str | None:
+    """A hash of what git would take from `path` (None: nothing there). A symlink is its target, never
+    followed; a FIFO or a device is never opened; a file is read in chunks, so any size is fine."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    digest = hashlib.sha1()
+    if stat.S_ISLNK(st.st_mode):
+        digest.update(b"link\0" + os.fsencode(os.readlink(path)))
+    elif stat.S_ISREG(st.st_mode):
+        for chunk in read_chunks(path, overlap=0):
+            digest.update(chunk)
+    else:
+        return None
+    return digest.hexdigest()
 
 
 def _never_commit(path: str) -> bool:

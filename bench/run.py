@@ -290,7 +290,8 @@ def make_repo(path: Path, *, tracker: str = "jsonl", agent: str = "command", age
         assert agent_script is not None and stamps is not None
         lines += ['kind = "command"', f"command = {toml_str(shlex.join([PY, '-S', str(agent_script)]))}",
                   f"env = {{ BENCH_STAMPS = {toml_str(str(stamps))}, "
-                  f"BENCH_AGENT_SLEEP = {toml_str(str(agent_sleep))} }}"]
+                  f"BENCH_AGENT_SLEEP = {toml_str(str(agent_sleep))} }}",
+                  f"writable = [{toml_str(str(stamps))}]"]  # its stamps, in the sandbox
     else:
         lines += ['kind = "opencode"', f"command = {toml_str(str(OPENCODE))}", 'model = "scripted/scripted"',
                   'timeout = "5m"', 'stall_timeout = "2m"']

@@ -10,6 +10,7 @@ import codecs
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GIT_TIMEOUT = 120.0
-MAX_SCAN_BYTES = 2_000_000  # untracked files larger than this are counted, not read
+SNIFF_BYTES = 8000  # git's own test for binary content: a NUL byte in the first 8000 bytes
+CHUNK = 1 << 20
+OVERLAP = 4096  # chunks of a streamed file overlap, so a secret across a chunk border is still whole in one
 
 
 class ChangeError(Exception):
@@ -27,7 +30,9 @@ class ChangeError(Exception):
 
 def git(workdir: Path, *args: str, timeout: float = GIT_TIMEOUT) -> str:
     """Run git in `workdir`; its stdout, or ChangeError with git's message."""
-    argv = ["git", "-c", "core.quotepath=off", *args]
+    # No repository hook runs (a baseline `worktree add` would run post-checkout), nor an fsmonitor.
+    argv = ["git", "-c", "core.quotepath=off", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+            *args]
     try:
         proc = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
@@ -61,9 +66,12 @@ def merge_base(workdir: Path, target: str) -> str:
 class FileChange:
     path: str
     status: str  # "A" added (untracked included), "M" modified, "D" deleted, "T" type change
-    added: int = 0  # lines; 0 for binary files
+    added: int = 0  # lines (also of files .gitattributes marks binary or -diff: git is told --text)
     deleted: int = 0
-    binary: bool = False
+    binary: bool = False  # by content: a NUL byte in its first 8000 bytes, whatever .gitattributes says
+    kind: str = "file"  # what would be committed: "file", "symlink", "submodule", "deleted", "other"
+    link: str = ""  # a symlink's target, as written
+    size: int = 0  # bytes of what would be committed
 
 
 @dataclass
@@ -82,18 +90,28 @@ class Change:
         """path → [(line number in the new file, text)] of every added line (binary files excluded)."""
         if self._added_lines is None:
             out: dict[str, list[tuple[int, str]]] = {}
-            tracked = [f for f in self.files if f.status != "D" and not f.binary and not isinstance(f, _Untracked)]
+            tracked = [f for f in self.files if f.status != "D" and not isinstance(f, _Untracked)]
             if tracked:
-                patch = git(self.workdir, "diff", "--no-renames", "--no-color", "--no-ext-diff", "-U0", self.base,
-                            "--")
+                # --text: what .gitattributes marks binary or -diff is shown all the same. Binary content
+                # is left out of the patch (it could be huge): untracked_chunks reads it in bounded chunks.
+                skip = [f":(exclude,literal){f.path}" for f in tracked if f.binary]
+                patch = git(self.workdir, "diff", "--no-renames", "--no-color", "--no-ext-diff", "--no-textconv",
+                            "--text", "-U0", self.base, "--", ".", *skip)
                 out.update(_parse_added(patch))
-            for f in self.files:
-                if isinstance(f, _Untracked) and not f.binary:
-                    text = _read_text(self.workdir / f.path)
-                    if text is not None:
-                        out[f.path] = list(enumerate(text.splitlines(), start=1))
             self._added_lines = out
         return self._added_lines
+
+    def untracked_chunks(self) -> Iterator[tuple[str, int, str]]:
+        """(path, number of the chunk's first line, text) of every new untracked regular file and every
+        changed binary one, all of it, in overlapping chunks (bounded memory, whatever the size; NUL
+        bytes or not). Symlinks are never followed."""
+        for f in self.files:
+            if f.kind == "file" and (isinstance(f, _Untracked) or f.binary):
+                newlines = 0  # in the bytes before this chunk's new part
+                for carried, chunk in _chunks(self.workdir / f.path, None, OVERLAP):
+                    first_line = 1 + newlines - chunk[:carried].count(b"\n")
+                    newlines += chunk[carried:].count(b"\n")
+                    yield f.path, first_line, chunk.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -111,42 +129,122 @@ def read_change(workdir: Path, target: str) -> Change:
         if path:
             statuses[path] = status[:1]
     files: dict[str, FileChange] = {}
-    for record in git(workdir, "diff", "--no-renames", "--numstat", "-z", base, "--").split("\0"):
+    gitlinks = set()  # submodule entries (mode 160000) the change adds or keeps
+    raw = git(workdir, "diff", "--no-renames", "--raw", "-z", base, "--").split("\0")
+    for meta, path in zip(raw[0::2], raw[1::2], strict=False):
+        if meta.startswith(":") and meta[1:].split(" ")[1:2] == ["160000"]:
+            gitlinks.add(path)
+    # --text: line counts also for files .gitattributes marks binary or -diff (which hid them).
+    for record in git(workdir, "diff", "--no-renames", "--no-ext-diff", "--no-textconv", "--text", "--numstat",
+                      "-z", base, "--").split("\0"):
         if not record:
             continue
         added, deleted, path = record.split("\t", 2)
-        binary = added == "-"
-        files[path] = FileChange(path, statuses.get(path, "M"), 0 if binary else int(added),
-                                 0 if binary else int(deleted), binary)
+        counted = added != "-"
+        status = statuses.get(path, "M")
+        kind, link, size, binary = _inspect(workdir, path) if status != "D" else ("deleted", "", 0, False)
+        if path in gitlinks:
+            kind = "submodule"
+        files[path] = FileChange(path, status, int(added) if counted else 0, int(deleted) if counted else 0,
+                                 binary, kind, link, size)
+    # Text that .gitattributes calls binary or -diff: numstat says "-" even with --text, the patch does not.
+    hidden = [f.path for f in files.values() if f.added == f.deleted == 0 and f.kind == "file" and not f.binary]
+    if hidden:
+        patch = git(workdir, "diff", "--no-renames", "--no-color", "--no-ext-diff", "--no-textconv", "--text", "-U0",
+                    base, "--", *[f":(literal){p}" for p in hidden])
+        for path, (plus, minus) in _count_patch(patch).items():
+            if path in files:
+                f = files[path]
+                files[path] = FileChange(f.path, f.status, plus, minus, f.binary, f.kind, f.link, f.size)
     for path in git(workdir, "ls-files", "--others", "--exclude-standard", "-z").split("\0"):
         if path and path not in files:
             files[path] = _untracked(workdir, path)
     return Change(workdir, target, base, sorted(files.values(), key=lambda f: f.path))
 
 
+def _inspect(workdir: Path, path: str) -> tuple[str, str, int, bool]:
+    """(kind, symlink target, size, binary) of what `git add` would take from `path`, never following
+    a symlink and never reading more than SNIFF_BYTES."""
+    full = workdir / path.rstrip("/")
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return "deleted", "", 0, False
+    if stat.S_ISLNK(st.st_mode):
+        link = os.readlink(full)
+        return "symlink", link, len(link), False
+    if stat.S_ISDIR(st.st_mode):
+        return ("submodule" if os.path.lexists(full / ".git") else "other"), "", 0, False
+    if not stat.S_ISREG(st.st_mode):
+        return "other", "", 0, False
+    head = next(read_chunks(full, limit=SNIFF_BYTES), b"")
+    return "file", "", st.st_size, b"\0" in head
+
+
 def _untracked(workdir: Path, path: str) -> FileChange:
-    full = workdir / path
-    try:
-        size = full.stat().st_size
-        if size > MAX_SCAN_BYTES:
-            return _Untracked(path, "A", binary=True)
-        data = full.read_bytes()
-    except OSError:
-        return _Untracked(path, "A", binary=True)
-    if b"\0" in data[:8192]:
-        return _Untracked(path, "A", binary=True)
-    return _Untracked(path, "A", added=len(data.decode("utf-8", "replace").splitlines()))
+    kind, link, size, binary = _inspect(workdir, path)
+    if kind != "file" or binary:
+        return _Untracked(path, "A", binary=binary, kind=kind, link=link, size=size)
+    lines = 0
+    for chunk in read_chunks(workdir / path, overlap=0):
+        lines += chunk.count(b"\n")
+    return _Untracked(path, "A", added=lines, kind=kind, size=size)
 
 
-def _read_text(path: Path) -> str | None:
+def read_chunks(path: Path, *, limit: int | None = None, overlap: int = OVERLAP) -> Iterator[bytes]:
+    """A regular file's bytes in chunks of CHUNK (each starting `overlap` bytes before the previous one
+    ended), at most `limit` bytes in all. Never follows a symlink, never blocks on a FIFO or a device:
+    anything but a regular file yields nothing."""
+    for _, chunk in _chunks(path, limit, overlap):
+        yield chunk
+
+
+def _chunks(path: Path, limit: int | None, overlap: int) -> Iterator[tuple[int, bytes]]:
+    """read_chunks, with how many bytes at the start of each chunk were carried over from the last."""
     try:
-        data = path.read_bytes()[:MAX_SCAN_BYTES]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return None
-    return None if b"\0" in data[:8192] else data.decode("utf-8", "replace")
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        carry = b""
+        left = limit
+        while left is None or left > 0:
+            data = os.read(fd, CHUNK if left is None else min(CHUNK, left))
+            if not data:
+                break
+            if left is not None:
+                left -= len(data)
+            yield len(carry), carry + data
+            carry = (carry + data)[-overlap:] if overlap else b""
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+def _count_patch(patch: str) -> dict[str, tuple[int, int]]:
+    """path → (lines added, lines deleted) in a -U0 patch."""
+    counts: dict[str, list[int]] = {}
+    current: list[int] | None = None
+    in_hunk = False
+    for line in patch.split("\n"):
+        if line.startswith("diff --git "):
+            current, in_hunk = None, False
+        elif not in_hunk and line.startswith("+++ "):
+            name = _unquote(line[4:].rstrip("\t"))
+            current = None if name == "/dev/null" else counts.setdefault(name.removeprefix("b/"), [0, 0])
+        elif not in_hunk and line.startswith("--- "):
+            continue
+        elif line.startswith("@@"):
+            in_hunk = True
+        elif in_hunk and current is not None and line[:1] in ("+", "-"):
+            current[0 if line[0] == "+" else 1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 def _unquote(name: str) -> str:

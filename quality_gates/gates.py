@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -16,13 +17,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from beads_runner import procreg
+from beads_runner import procreg, sandbox
 from quality_gates.baseline import compare, path_roots
 from quality_gates.change import Change, ChangeError, read_change, repo_toplevel, temporary_worktree
 from quality_gates.globs import matches, validate_globs
 from quality_gates.report import GateReport, SuiteReport
+from quality_gates.testcounts import from_junit, parse_counts
 
 TAIL_CHARS = 4000
+KEEP_HEAD = 256 * 1024  # of a gate's output: the start (the first error is often the cause) ...
+KEEP_TAIL = 768 * 1024  # ... and the end (the summary); what lies between is counted, not kept
+
+
+class BoundedOutput:
+    """A process's output in bounded memory: its first KEEP_HEAD and last KEEP_TAIL bytes, and how
+    many bytes were left out between them. Read with os.read, so nothing already written is lost to
+    a buffer if the pipe never closes."""
+
+    def __init__(self, head: int = KEEP_HEAD, tail: int = KEEP_TAIL):
+        self._head_max, self._tail_max = head, tail
+        self._head = bytearray()
+        self._tail = bytearray()
+        self.omitted = 0
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes) -> None:
+        with self._lock:
+            room = self._head_max - len(self._head)
+            if room > 0:
+                self._head += data[:room]
+                data = data[room:]
+            self._tail += data
+            extra = len(self._tail) - self._tail_max
+            if extra > 0:
+                del self._tail[:extra]
+                self.omitted += extra
+
+    def drain(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.add(data)
+
+    def text(self) -> str:
+        with self._lock:
+            middle = f"\n… {self.omitted} bytes of output left out …\n".encode() if self.omitted else b""
+            return bytes(self._head + middle + self._tail).decode("utf-8", errors="replace")
 
 
 def tail_text(text: str, limit: int = TAIL_CHARS) -> str:
@@ -96,22 +140,49 @@ class _Outcome:
     start_error: str = ""
 
 
+def resolve_command(name: str, cwd: Path, path: str | None = None) -> str | None:
+    """Where `name` (a gate's argv[0]) would be executed from in `cwd`, or None: no such program."""
+    if os.sep in name:
+        full = Path(name) if os.path.isabs(name) else Path(cwd) / name
+        return str(full) if full.is_file() and os.access(full, os.X_OK) else None
+    return shutil.which(name, path=path)
+
+
+def missing_commands(gates: Sequence[Gate], where: Path) -> list[str]:
+    """`name: argv[0]` of every command gate whose program cannot be found from `where` (the repository):
+    a broken configuration, to report before any issue is claimed, not a failure to blame on an agent."""
+    missing = []
+    for gate in gates:
+        if isinstance(gate, CommandGate):
+            path = {**os.environ, **gate.env}.get("PATH")
+            if resolve_command(gate.argv[0], where, path) is None:
+                missing.append(f"{gate.name}: {gate.argv[0]}")
+    return missing
+
+
 def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str, str] | None = None,
                 cancel: threading.Event | None = None, log_path: Path | None = None) -> _Outcome:
-    """Run `argv` (no shell) in its own process group; on timeout or cancel the whole group is killed."""
+    """Run `argv` (no shell) in its own process group; on timeout or cancel the whole group is killed.
+
+    It runs in the active sandbox (`beads_runner.sandbox`), which lets it write only in `cwd`."""
     started = time.monotonic()
+    tag = procreg.new_tag()
+    environ = {**os.environ, **(env or {}), procreg.TAG_VAR: tag}
+    if resolve_command(argv[0], cwd, environ.get("PATH")) is None:
+        return _Outcome("", None, 0.0, start_error=f"cannot run {argv[0]!r}: no such command "
+                                                   f"(not on PATH, not a file in {cwd})")
     try:
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            sandbox.wrap(argv, cwd=cwd), cwd=cwd, env=environ, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
     except OSError as exc:
         return _Outcome("", None, time.monotonic() - started,
                         start_error=f"cannot run {argv[0]!r}: {exc.strerror or exc}")
-    chunks: list[bytes] = []
+    captured = BoundedOutput()
     stdout = proc.stdout
     assert stdout is not None
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: stdout.read(65536), b"")), daemon=True)
+    reader = threading.Thread(target=captured.drain, args=(stdout.fileno(),), daemon=True)
     reader.start()
     deadline = started + timeout
     timed_out = cancelled = False
@@ -128,10 +199,12 @@ def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str
                 time.sleep(0.05)
         finally:
             # On a limit, on Ctrl-C in `beads-runner gates`, and after a normal exit (whatever the
-            # command left running in its group, a daemonised server say): the group goes, once.
+            # command left running in its group, a daemonised server say): the group goes, once;
+            # and so does whatever left the group (setsid) but carries the gate's tag.
             procreg.kill_group(proc, 3.0 if (timed_out or cancelled) else 0.0)
-    reader.join(timeout=5)
-    output = b"".join(chunks).decode("utf-8", errors="replace")
+            procreg.kill_tagged(tag)
+    reader.join(timeout=5)  # what was read so far is kept even if something still holds the pipe
+    output = captured.text()
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(output, encoding="utf-8")
@@ -151,7 +224,7 @@ class CommandGate:
 
     def __init__(self, name: str, argv: Sequence[str], timeout: float = 600.0, env: dict[str, str] | None = None,
                  *, when: Sequence[str] = (), baseline: bool = False, baseline_match: str | None = None,
-                 ignore_numbers: bool = True, target: str | None = None):
+                 ignore_numbers: bool = True, target: str | None = None, junit: str | None = None):
         if not argv:
             raise ValueError(f"gate {name!r} has an empty command")
         if timeout <= 0:
@@ -165,6 +238,7 @@ class CommandGate:
         self.baseline_match = re.compile(baseline_match) if baseline_match else None
         self.ignore_numbers = ignore_numbers
         self.target = target
+        self.junit = junit  # a JUnit XML file the command writes, relative to the worktree
 
     def __repr__(self) -> str:
         return f"CommandGate({self.name!r}, {self.argv!r})"
@@ -178,10 +252,15 @@ class CommandGate:
                 return GateReport(name=self.name, status="skipped",
                                   reason=f"the change touches no file matching {', '.join(self.when)}")
         log_path = (log_dir / f"gate-{self.name}.log") if log_dir else None
+        junit = inp.workdir / self.junit if self.junit else None
+        if junit is not None:
+            junit.unlink(missing_ok=True)  # a file left by an earlier run (or the agent) proves nothing
         out = run_command(self.argv, inp.workdir, timeout=self.timeout, env=self.env, cancel=cancel,
                           log_path=log_path)
+        tests = from_junit(junit) if junit is not None else parse_counts(out.output)
         report = GateReport(name=self.name, status="pass", duration_s=out.duration_s, exit_code=out.exit_code,
-                            output_tail=tail_text(out.output), log_path=str(log_path) if log_path else None)
+                            output_tail=tail_text(out.output), log_path=str(log_path) if log_path else None,
+                            tests=tests)
         if out.start_error:
             return report.model_copy(update={"status": "error", "reason": out.start_error})
         if out.timed_out:
@@ -189,6 +268,8 @@ class CommandGate:
         if out.cancelled:
             return report.model_copy(update={"status": "error", "reason": "cancelled"})
         if out.exit_code == 0:
+            if tests is not None and tests.collected == 0:
+                return report.model_copy(update={"status": "fail", "reason": "the test run ran no test"})
             return report
         failed = report.model_copy(update={"status": "fail", "reason": f"exited {out.exit_code}"})
         if not self.baseline:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from quality_gates.testcounts import TestCounts
+
 GateStatus = Literal["pass", "fail", "error", "skipped"]
 
 
@@ -23,6 +25,7 @@ class GateReport(BaseModel):
     findings: list[str] = Field(default_factory=list)
     # Baseline gates: failure lines also present on the target, which therefore do not fail the change.
     preexisting: list[str] = Field(default_factory=list)
+    tests: TestCounts | None = None  # for test runs whose output (or JUnit XML) gives the counts
 
     @property
     def ok(self) -> bool:
@@ -62,6 +65,11 @@ class SuiteReport(BaseModel):
             entries[key] = _worst(entries[key], r.status) if key in entries else r.status
         return " ".join(f"{k}={v}" for k, v in entries.items()) or "none"
 
+    def tests_trailer(self) -> str:
+        """`tests collected=12 passed=11 failed=0 skipped=1 duration=0.8s` per test gate, `; `-joined;
+        "" when no gate gave test counts (the `Tests:` commit trailer)."""
+        return "; ".join(f"{r.name} {r.tests.line()}" for r in self.reports if r.tests is not None)
+
     def summary(self) -> str:
         """One line for logs and close reasons."""
         if not self.reports:
@@ -77,6 +85,8 @@ class SuiteReport(BaseModel):
             extra = f" (exit {r.exit_code})" if r.exit_code not in (None, 0) else ""
             reason = f": {r.reason}" if r.reason else ""
             lines.append(f"[{_MARK[r.status]}] {r.name} {r.duration_s:.1f}s{extra}{reason}")
+            if r.tests is not None:
+                lines.append(f"    tests: {r.tests.line()}")
             found = "new" if r.preexisting else "found"
             for title, items in ((found, r.findings), ("pre-existing (also on the target)", r.preexisting)):
                 if items:

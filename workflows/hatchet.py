@@ -24,6 +24,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import BaseModel
 
+from beads_runner import procreg
 from beads_runner.config import Config
 from beads_runner.daemon import PollResult, Runner
 from beads_runner.errors import RunnerError
@@ -53,6 +55,8 @@ REFRESH_EVERY = 60.0
 # After a cancellation, how long the task waits for the step's thread to wind down.
 CANCEL_GRACE = 30.0
 RATE_LIMIT_KEY = "beads-runner-sessions"
+# How often `start` looks for cancelled runs whose issue is still claimed.
+SWEEP_EVERY = 30.0
 # Metadata on every run this runner submits: how `start` finds its own runs again.
 META_WORKFLOW = "beads_workflow"
 META_REPO = "beads_repo"
@@ -199,6 +203,8 @@ class Channel(Protocol):
 
     def refresh(self, seconds: float) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class HatchetChannel:
     """`ctx.log` (queued, non-blocking), `ctx.put_stream` (sent from a background thread, because it
@@ -230,6 +236,14 @@ class HatchetChannel:
                 self._ctx.put_stream(data)
             except Exception as exc:  # noqa: BLE001
                 log.debug("hatchet stream event failed", error=str(exc))
+
+    def close(self) -> None:
+        """The step is over: let the stream sender send what is queued, then end."""
+        if self._sender is not None:
+            try:
+                self._streams.put(None, timeout=5)
+            except queue.Full:
+                log.debug("hatchet stream sender not stopped: queue full")
 
     def refresh(self, seconds: float) -> None:
         try:
@@ -265,6 +279,11 @@ class HatchetStepContext:
             raise RuntimeError(f"step {step} of run {self.run_id} has no output here; is it an ancestor of "
                                f"{self._step} in the workflow?")
         return self._flow.step(step).output.model_validate(parents[step])
+
+    def close(self) -> None:
+        close = getattr(self._channel, "close", None)
+        if close is not None:
+            close()
 
     def log(self, event: str, **fields: Any) -> None:
         self._bound.info(event, **fields)
@@ -304,6 +323,27 @@ def ancestors(flow: WorkflowSpec, name: str) -> list[str]:
             seen.add(p)
             todo.extend(flow.step(p).parents)
     return [s.name for s in flow.steps if s.name in seen]
+
+
+PROCEED_FIELD = "proceed"
+DEFINITION_PREFIX = "beads-runner definition "
+
+
+def definition_version(flow: WorkflowSpec, config: Config) -> str:
+    """A short hash of everything in the definition that comes from the config (retries, timeouts,
+    the session cap, the rate limit): two processes with the same policies register the same version."""
+    import hashlib
+
+    eng = config.engine
+    policy = {
+        "flow": flow.name, "steps": [[s.name, list(s.parents), s.concurrency_key, step_timeout(s, config)]
+                                     for s in flow.steps],
+        "retry": eng.retry.model_dump(), "max_sessions": eng.max_sessions, "step_timeout": eng.step_timeout,
+        "sessions_per_minute": eng.sessions_per_minute, "schedule": [PROCESS_SCHEDULE_TIMEOUT.total_seconds(),
+                                                                     SCHEDULE_TIMEOUT.total_seconds()],
+    }
+    digest = hashlib.sha256(json.dumps(policy, sort_keys=True, default=str).encode()).hexdigest()
+    return f"b{digest[:12]}"
 
 
 class _Pool:
@@ -351,24 +391,36 @@ async def _run_in_thread(pool: _Pool, fn: Callable[..., Any], *args: Any, cancel
 
 
 def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FLOW,
-                   channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY):
+                   channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY,
+                   guard: Callable[[str, str], str | None] | None = None):
     """The Hatchet workflow for `flow`, with the policies of `config`. Registers nothing by itself."""
-    from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context
+    from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context, ParentCondition
     from hatchet_sdk.rate_limit import RateLimit
     from hatchet_sdk.types.idempotency import StatusBasedIdempotencyConfig
+    from hatchet_sdk.types.sticky import StickyStrategy
 
     eng = config.engine
     r = eng.retry
     retries = r.attempts - 1  # Hatchet's `retries` counts the tries after the first one
     pool = _Pool(eng.max_sessions + eng.max_runs + 2)
     budget = sum(step_timeout(s, config) * r.attempts for s in flow.steps)
+    namespace = getattr(getattr(hatchet, "config", None), "namespace", "") or ""
     wf = hatchet.workflow(
         name=flow.name,
         input_validator=flow.input,
-        # One active run per issue, like the embedded engine's unique index; released when the
-        # run ends. The fallback only frees a key whose run Hatchet somehow never finished.
+        # The definition's policies, hashed: every process registering the same policies registers
+        # the same version, and a worker whose policies differ can be told apart (and refused).
+        # (Hatchet v0.104 does not store `version`; it keeps the description of each version.)
+        description=f"{DEFINITION_PREFIX}{definition_version(flow, config)}",
+        # A run's steps stay on the worker that ran its first one, so verify and commit find the
+        # worktree process left (on another machine it would not exist). SOFT, not HARD: when that
+        # worker dies, the run moves on rather than waiting for it for ever.
+        sticky=StickyStrategy.SOFT,
+        # One run per issue while its first step is active (Hatchet holds the key only on the root
+        # task); `root_step_guard` extends that to the whole DAG. Keys are tenant-wide: scope them
+        # to this repository's namespace. The fallback only frees a key Hatchet never released.
         idempotency=StatusBasedIdempotencyConfig(
-            key_expression="input.issue_id",
+            key_expression=f"'{namespace}' + ':' + input.issue_id",
             fallback_ttl=PROCESS_SCHEDULE_TIMEOUT + _seconds(budget + r.backoff_max * r.attempts * len(flow.steps))),
     )
     tasks: dict[str, Any] = {}
@@ -396,8 +448,19 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
                         extended += refresh_every
 
             try:
+                if spec is flow.steps[0] and guard is not None:
+                    other = await asyncio.to_thread(guard, flow.key(input), sctx.run_id)
+                    if other is not None:
+                        sctx.log("another run of this issue is active", other_run=other)
+                        return spec.output(**{PROCEED_FIELD: False,
+                                              "reason": f"run {other} of this issue is already active"})
+                if session:
+                    # A session another worker started in this worktree and then died with: kill it
+                    # before this attempt starts another there. One worktree, one agent.
+                    await asyncio.to_thread(procreg.reap_orphans)
                 return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel, watch=watch)
             finally:
+                sctx.close()
                 sctx._bound.debug("step left", elapsed_s=round(time.monotonic() - started, 3))
 
         task_fn.__name__ = spec.name.replace("-", "_")
@@ -419,6 +482,15 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
         missing = [p for p in spec.parents if p not in tasks]
         if missing:
             raise ValueError(f"step {spec.name}: parents {missing} must come before it in {flow.name}")
+        root = flow.steps[0]
+        if spec is not root and PROCEED_FIELD in root.output.model_fields:
+            # The first step says whether the run is ours to do; when not, Hatchet skips the rest
+            # before they are queued, so a run that is not ours never takes a session slot. The key
+            # is fixed (not the SDK's timestamped default) so that equal configs give equal versions.
+            skip = ParentCondition(parent=tasks[root.name], expression=f"output.{PROCEED_FIELD} == false",
+                                   readable_data_key=f"{root.name}-{PROCEED_FIELD}")
+            skip.base.or_group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"beads-runner/{flow.name}/{spec.name}/skip"))
+            options["skip_if"] = [skip]
         tasks[spec.name] = wf.task(
             name=spec.name,
             parents=[tasks[p] for p in ancestors(flow, spec.name)],
@@ -467,10 +539,78 @@ def _put_rate_limit(hatchet: Any, config: Config) -> None:
         hatchet.rate_limits.put(RATE_LIMIT_KEY, config.engine.sessions_per_minute, RateLimitDuration.MINUTE)
 
 
+def active_run_guard(hatchet: Any, services: Services, flow: WorkflowSpec = TASK_FLOW
+                     ) -> Callable[[str, str], str | None]:
+    """For the first step: the id of another active run of the same issue that came first, if any.
+
+    Hatchet's idempotency key is held only while the first step runs; this keeps one run per issue
+    for the whole DAG. The oldest active run is the one that works; a later one ends as not ours."""
+    engine = HatchetEngine(hatchet, None, services, flow=flow)
+
+    def guard(key: str, run_id: str) -> str | None:
+        try:
+            views = [engine._summary_view(r) for r in engine._list(_ACTIVE, 20, key)]
+        except HatchetUnavailable as exc:
+            log.warning("could not check for other runs of the issue", issue_id=key, error=exc.message)
+            return None
+        others = [v for v in views if v.id != run_id]
+        if not others:
+            return None
+        mine = next((v for v in views if v.id == run_id), None)
+        first = min(others, key=lambda v: (v.created_at, v.id))
+        if mine is not None and (mine.created_at, mine.id) < (first.created_at, first.id):
+            return None
+        return first.id
+
+    return guard
+
+
+def register_definition(hatchet: Any, services: Services, wf: Any) -> None:
+    """Register this configuration's workflow with the engine over gRPC (`start` does, before it
+    claims anything): it proves the engine is reachable and makes this the definition runs use."""
+    from hatchet_sdk.clients.admin import AdminClient
+
+    try:
+        AdminClient(hatchet.config, None, None).put_workflow(wf.to_proto())  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001
+        raise RunnerError(f"could not register the workflow with the Hatchet engine at {hatchet.config.host_port} "
+                          f"(gRPC): {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                          fix="check HATCHET_CLIENT_HOST_PORT and that the engine's gRPC port is reachable") from None
+
+
+def registered_version(hatchet: Any, flow: WorkflowSpec = TASK_FLOW) -> str | None:
+    """The version of the workflow the engine runs now (the latest registered), or None if none is."""
+    name = hatchet.config.apply_namespace(flow.name)
+    found = hatchet.workflows.list(workflow_name=flow.name, limit=50)
+    for row in found.rows or []:
+        if row.name == name:
+            config = hatchet.workflows.get_version(row.metadata.id).workflow_config or {}
+            description = str(config.get("description") or "")
+            return description.removeprefix(DEFINITION_PREFIX) if description.startswith(DEFINITION_PREFIX) else ""
+    return None
+
+
+def check_same_definition(hatchet: Any, services: Services, flow: WorkflowSpec = TASK_FLOW) -> None:
+    """A worker whose policies differ from the registered definition would register a second
+    version, and Hatchet caps sessions per version: the cap would double. Refuse instead."""
+    mine = definition_version(flow, services.config)
+    try:
+        theirs = registered_version(hatchet, flow)
+    except Exception as exc:  # noqa: BLE001 - the engine was reached already; say what failed
+        log.warning("could not read the registered workflow version", error=str(exc).splitlines()[0])
+        return
+    if theirs is not None and theirs != mine:
+        raise RunnerError(
+            f"this worker's workflow definition ({mine}) differs from the one registered on the engine ({theirs}): "
+            "its retries, timeouts or session cap differ, and Hatchet would cap sessions per definition",
+            fix="use the same [engine] and [agent] settings in .beads-runner.toml on every machine and restart "
+                "`beads-runner start` (it registers the definition) before the workers")
+
+
 def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
     """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
     hatchet = hatchet or make_client(services)
-    wf = build_workflow(hatchet, services.config)
+    wf = build_workflow(hatchet, services.config, guard=active_run_guard(hatchet, services))
     worker = hatchet.worker(name or f"beads-runner-{socket.gethostname()}", slots=worker_slots(services.config),
                             workflows=[wf])
     return worker, wf
@@ -488,6 +628,11 @@ def run_worker(services: Services, name: str | None = None) -> None:
     os.environ.setdefault("BEADS_RUNNER_REPO", str(services.repo))
     hatchet = make_client(services)
     _wait_for_engine(hatchet)
+    check_same_definition(hatchet, services)
+    # Agents and gates are recorded, so that those a killed worker left behind can be found: this
+    # worker reaps them now, and before each step it runs (its owner may have died meanwhile).
+    procreg.configure(services.state_dir / "procs")
+    procreg.reap_orphans()
     _put_rate_limit(hatchet, services.config)
     worker, _ = build_worker(services, name, hatchet)
     cfg = hatchet.config
@@ -736,13 +881,63 @@ class HatchetRunner(Runner):
 
     def __init__(self, services: Services, engine: HatchetEngine):
         super().__init__(services, engine=engine)  # type: ignore[arg-type]
+        self._next_sweep = 0.0
+        self._swept_file = services.state_dir / "hatchet" / "swept-runs.json"
 
     def poll_once(self) -> PollResult:
         try:
+            self.sweep_cancelled()
             return super().poll_once()
         except HatchetUnavailable as exc:
             log.warning("hatchet unavailable, will poll again", error=exc.message)
             return PollResult()
+
+    def sweep_cancelled(self, force: bool = False) -> list[str]:
+        """Hatchet runs no on-failure task for a CANCELLED run (cancelled through the API or the
+        dashboard, or by a schedule timeout): its issue would stay claimed for ever. Hand each such
+        issue to a person, with a comment; its branch is kept. Returns the issues handed over."""
+        now = time.monotonic()
+        if not force and now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_EVERY
+        try:
+            swept = set(json.loads(self._swept_file.read_text()))
+        except (OSError, ValueError):
+            swept = set()
+        handed: list[str] = []
+        for row in self.engine._list(("cancelled",), 100, None):
+            view = self.engine._summary_view(row)
+            if view.id in swept or not view.key:
+                continue
+            tracker = self.tracker
+            try:
+                issue = tracker.show(view.key)
+                if issue.status == "in_progress" and issue.assignee == tracker.actor \
+                        and not self.engine.active_run(view.key):
+                    tracker.comment(view.key, f"beads-runner: its Hatchet run {view.id} was cancelled (through the "
+                                              "API or dashboard, or by a schedule timeout), so nothing landed; the "
+                                              f"branch beads-runner/{view.key} is kept. Reopen the issue to run "
+                                              "it again.")
+                    tracker.hand_to_human(view.key)
+                    handed.append(view.key)
+                    log.warning("run was cancelled; handed the issue to a person", issue_id=view.key, run_id=view.id)
+            except RunnerError as exc:
+                log.warning("could not sweep a cancelled run; will try again", run_id=view.id, error=exc.message)
+                continue
+            swept.add(view.id)
+        self._swept_file.parent.mkdir(parents=True, exist_ok=True)
+        self._swept_file.write_text(json.dumps(sorted(swept)))
+        return handed
+
+    def _idle(self) -> bool:
+        if not super()._idle():
+            return False
+        # Before `--once` ends: the issues of runs cancelled meanwhile must not stay claimed.
+        try:
+            self.sweep_cancelled(force=True)
+        except HatchetUnavailable as exc:
+            log.warning("could not sweep cancelled runs", error=exc.message)
+        return True
 
     def reconcile(self) -> list[str]:
         """After a restart: the runs Hatchet still has in flight for this repository are ours again."""
@@ -767,7 +962,7 @@ class HatchetRunner(Runner):
                 if view is None:
                     log.error("cannot read how a run ended", run_id=run_id)
                     return 1
-                if view.status == "failed":
+                if view.status in ("failed", "cancelled"):
                     return 1
             return 0
         except HatchetUnavailable:
@@ -788,7 +983,9 @@ def start_with_hatchet(services: Services, once: bool = False, poll_interval: fl
     hatchet = make_client(services)
     _wait_for_engine(hatchet)
     _put_rate_limit(hatchet, services.config)
-    engine = HatchetEngine(hatchet, build_workflow(hatchet, services.config), services)
+    workflow = build_workflow(hatchet, services.config)
+    register_definition(hatchet, services, workflow)  # before the first claim: gRPC works, one definition
+    engine = HatchetEngine(hatchet, workflow, services)
     runner = HatchetRunner(services, engine)
 
     def handler(signum, _frame):

@@ -27,7 +27,25 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from workflows.spec import RetryPolicy, StepFailed, StepSpec, WorkflowSpec
+from beads_runner.errors import RunnerError
+from workflows.spec import RetryPolicy, StepDeferred, StepFailed, StepSpec, WorkflowSpec
+
+
+class StateUnusable(RunnerError):
+    """The embedded engine's database cannot be used (corrupt, truncated, not writable)."""
+
+    def __init__(self, path: Path, exc: BaseException):
+        detail = getattr(exc, "strerror", None) or str(exc)
+        if isinstance(exc, OSError) or "readonly" in detail or "unable to open" in detail:
+            super().__init__(f"the run state {path} cannot be written: {detail}",
+                             fix=f"make {path.parent} writable by this user (and the filesystem it is on), "
+                                 "then start again")
+        else:
+            super().__init__(
+                f"the run state {path} is damaged: {detail}",
+                fix=f"move it away (mv {path} {path}.damaged; also its -wal and -shm files) and start again: its "
+                    "runs are forgotten, but their work is not (worktrees and branches stay, and claimed issues are "
+                    "taken back)")
 
 log = structlog.get_logger("beads_runner.engine")
 
@@ -224,7 +242,21 @@ class LocalEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
         self._listeners: list[Callable[[], None]] = []
-        self._conn().executescript(SCHEMA)
+        self._open_checked()
+
+    def _open_checked(self) -> None:
+        """Open the database and check it before anything is claimed: a corrupt, truncated or
+        unwritable state.db is an error with its fix, not a traceback (or a crash mid-run)."""
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
+            conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            self._local.conn = None
+            raise StateUnusable(self.db_path, exc) from None
 
     # --- storage ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -450,7 +482,10 @@ class LocalEngine:
         ctx = _Context(self, run_id, step, attempt, inp, self.workflow.key(inp))
         with self._running_lock:
             self._running[(run_id, step)] = ctx
-        self.record_event(run_id, step, "step started", attempt=attempt)
+        try:
+            self.record_event(run_id, step, "step started", attempt=attempt)
+        except sqlite3.Error as exc:  # a full disk must not lose the step: its outcome is what matters
+            log.warning("could not record an event", run_id=run_id, step=step, error=str(exc))
         try:
             try:
                 output = spec.fn(inp, ctx)
@@ -460,18 +495,36 @@ class LocalEngine:
                 if ctx.timed_out:
                     exc = StepFailed(f"step {step} timed out after {self._timeout_of(run_id, step):g}s",
                                      retryable=True, detail=exc.detail)
-                self._step_failed(run_id, spec, attempt, exc, ctx)
+                self._persist(self._step_failed, run_id, spec, attempt, exc, ctx)
             except Exception as exc:  # noqa: BLE001 - a bug in a step fails the step, not the engine
                 log.exception("step raised", run_id=run_id, step=step)
-                self._step_failed(run_id, spec, attempt,
-                                  StepFailed(f"{type(exc).__name__}: {exc}", retryable=True), ctx)
+                self._persist(self._step_failed, run_id, spec, attempt,
+                              StepFailed(f"{type(exc).__name__}: {exc}", retryable=True), ctx)
             else:
-                self._step_succeeded(run_id, spec, attempt, output)
+                self._persist(self._step_succeeded, run_id, spec, attempt, output)
         finally:
             with self._running_lock:
                 self._running.pop((run_id, step), None)
             self._wake.set()
             self._notify()
+
+    PERSIST_BACKOFF_MAX = 10.0
+
+    def _persist(self, record: Callable[..., None], *args: Any) -> None:
+        """Record a step's outcome, however long the database refuses (a full disk, a lock held too
+        long): given up, the step would stay "running" under a live owner whose lease keeps being
+        renewed, and nothing would move once space is back. Stopping ends the wait: the step is then
+        resumed by the next runner (its owner gone)."""
+        delay = 0.2
+        while True:
+            try:
+                record(*args)
+                return
+            except sqlite3.Error as exc:
+                log.warning("cannot record a step's outcome; trying again", step=args[1].name, error=str(exc))
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, self.PERSIST_BACKOFF_MAX)
 
     def _timeout_of(self, run_id: str, step: str) -> float:
         return self._conn().execute("SELECT timeout FROM steps WHERE run_id=? AND name=?",
@@ -496,6 +549,16 @@ class LocalEngine:
     def _step_failed(self, run_id: str, spec: StepSpec, attempt: int, exc: StepFailed, ctx: _Context) -> None:
         now = time.time()
         interrupted = ctx.cancel.is_set() and not ctx.timed_out
+        if isinstance(exc, StepDeferred) and not interrupted and not ctx.timed_out:
+            with self._tx() as db:
+                db.execute("UPDATE steps SET status='pending', attempt=MAX(attempt-1,0), not_before=?, owner=NULL, "
+                           "lease_until=NULL, deadline=NULL WHERE run_id=? AND name=?",
+                           (now + exc.delay, run_id, spec.name))
+                db.execute("UPDATE attempts SET status='deferred', finished_at=?, error=? "
+                           "WHERE run_id=? AND step=? AND attempt=?", (now, exc.reason, run_id, spec.name, attempt))
+            self.record_event(run_id, spec.name, "step deferred", attempt=attempt, reason=exc.reason,
+                              retry_in=exc.delay)
+            return
         if interrupted:
             # Shutdown, not the step's fault: back to pending, attempt not spent.
             with self._tx() as db:

@@ -25,6 +25,16 @@ class StepFailed(Exception):
         self.detail = detail  # the tail of the agent's or gate's output, for the issue comment
 
 
+class StepDeferred(StepFailed):
+    """Not now, and not the step's fault: what it needs is held by someone alive (another runner's
+    agent in the worktree). The embedded engine tries it again after `delay` seconds without spending
+    an attempt; engines that cannot defer treat it as a retryable failure."""
+
+    def __init__(self, reason: str, *, delay: float = 15.0, detail: str = ""):
+        super().__init__(reason, retryable=True, detail=detail)
+        self.delay = delay
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 3  # tries in all

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -22,11 +23,15 @@ from beads_runner.errors import (
 )
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.prompt import load_template, render_prompt
+from beads_runner.reconcile import IssueWatch, check_issue
+from beads_runner.safe_text import one_line
 from beads_runner.services import Services, services_for
 from beads_runner.tracker.base import Issue
-from beads_runner.workspace import LandingRefused, trailer_message
-from quality_gates import SuiteReport, run_suite
-from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
+from beads_runner.workspace import LandingRefused, WorktreeBusy, cancel_with, trailer_message
+from quality_gates import GateInput, SuiteReport, run_suite
+from quality_gates.test_integrity import collected_check
+from quality_gates.yardstick import allow_by_labels, handover_reason, moved_yardstick
+from workflows.spec import StepContext, StepDeferred, StepFailed, StepSpec, WorkflowSpec
 
 WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
@@ -56,10 +61,12 @@ class ProcessOutput(BaseModel):
     sessions: int = 0  # the first session and the fixes fed the gate report
     gate_report: SuiteReport | None = None  # the gates the runner ran in the fix loop ...
     gated_tree: str | None = None  # ... on exactly this tree
+    superseded: str = ""  # a person took the issue while the run was in flight: why (nothing lands)
 
 
 class VerifyOutput(BaseModel):
     skipped: bool = False
+    superseded: str = ""
     report: SuiteReport = Field(default_factory=SuiteReport)
 
 
@@ -71,11 +78,34 @@ class CommitOutput(BaseModel):
     close_reason: str = ""
     rebased: bool = False
     already_landed: bool = False
+    superseded: str = ""  # the run stopped because a person took the issue: why
 
 
 def _services(inp: TaskInput) -> Services:
     # On a Hatchet worker the clone may live elsewhere than on the machine that submitted the run.
     return services_for(os.environ.get("BEADS_RUNNER_REPO") or inp.repo)
+
+
+def gate_suite(svc: Services, issue: Issue | None, path, *, cancel, run_id: str) -> SuiteReport:
+    """The target's gates on `path`, with the protection gates the issue's labels allow passed."""
+    inp = GateInput(Path(path), target=svc.config.land.target)
+    log_dir = svc.run_dir(run_id)
+    report = run_suite(svc.gates, inp, cancel=cancel, log_dir=log_dir)
+    y = svc.config.yardstick
+    if y.enabled:
+        extra = collected_check(report, svc.gates, inp, label=y.tests_label, cache=svc.state_dir / "test-counts",
+                                cancel=cancel, log_dir=log_dir)
+        if extra is not None:
+            report = SuiteReport(reports=[*report.reports, extra])
+    return allow_by_labels(report, issue.labels if issue else [], gates_label=y.gates_label,
+                           tests_label=y.tests_label)
+
+
+def refuse_moved_yardstick(report: SuiteReport) -> None:
+    """A change to the yardstick (or to existing tests) goes to a person, never back to the agent:
+    no fix session, no retry, and the comment names the files and what changed."""
+    if moved_yardstick(report):
+        raise StepFailed(handover_reason(report), retryable=False, detail=report.render_text())
 
 
 def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
@@ -84,9 +114,12 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
     @functools.wraps(fn)
     def wrapper(inp: TaskInput, ctx: StepContext) -> BaseModel:
         try:
-            return fn(inp, ctx)
+            with cancel_with(ctx.cancel):  # the step's timeout or a stop ends a git call blocked in it
+                return fn(inp, ctx)
         except StepFailed:
             raise
+        except WorktreeBusy as exc:  # another runner's agent, alive if stopped: wait for it, attempts intact
+            raise StepDeferred(exc.message, detail=exc.fix or "") from exc
         except UnsafeIdError as exc:
             raise StepFailed(exc.message, retryable=False) from exc
         except TrackerBusy as exc:
@@ -180,8 +213,27 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     if not deps.proceed or deps.issue is None:
         return ProcessOutput(skipped=True)
     svc = _services(inp)
-    ws = svc.workspace
     issue = deps.issue
+    watch = IssueWatch(svc.tracker, issue.id, interval=svc.config.tracker.poll_interval, cancel=ctx.cancel)
+    if watch.check_now():  # a person took it while the run waited for a session
+        return _superseded(ctx, watch.reason)
+    with svc.workspace.worktree_lock(issue.id), watch:  # one worktree, one agent
+        try:
+            return _process(inp, ctx, svc, issue, watch)
+        except StepFailed:
+            if watch.reason:  # the session or a gate was stopped because a person took the issue
+                return _superseded(ctx, watch.reason)
+            raise
+
+
+def _superseded(ctx: StepContext, reason: str | None) -> ProcessOutput:
+    ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=reason)
+    ctx.note(superseded=reason)
+    return ProcessOutput(skipped=True, superseded=reason or "superseded")
+
+
+def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watch: IssueWatch) -> ProcessOutput:
+    ws = svc.workspace
     worktree = ws.ensure_worktree(issue.id)
     memory = SessionMemory(svc, issue.id)
     earlier = memory.load()
@@ -196,7 +248,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
                        + ", ".join(changed_before[:30]) + "). Review them and build on them.\n")
     request = SessionRequest(
         issue_id=issue.id, prompt=prompt, workdir=worktree, session_id=resume_id,
-        title=f"{issue.id}: {issue.title}"[:120],
+        title=one_line(f"{issue.id}: {issue.title}", 120),
         log_path=svc.run_dir(ctx.run_id) / f"agent-{ctx.attempt}.ndjson",
     )
     seen = {"session": resume_id, "edited": False}
@@ -207,17 +259,33 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
             seen["session"] = sid
             memory.save(session_id=sid, run_id=ctx.run_id, last_reason=None)
             ctx.note(session_id=sid)
+        if event.get("type") == "provider_retry":  # agent.mode = "server": the provider fails, opencode retries
+            ctx.log("model provider failed, opencode retries", attempt=event.get("attempt"),
+                    message=event.get("message"), next_ms=event.get("next"))
         if event.get("type") == "tool_use" and not seen["edited"]:
             seen["edited"] = True
             failpoint("session-edited")
 
-    totals = {"sessions": 0, "tokens": 0, "cost": 0.0}
+    # Sessions are counted per run, across the step's retries (kept beside the session id), so a
+    # run never has more than agent.max_attempts sessions; one cancelled by a shutdown does not count.
+    limit = svc.config.agent.max_attempts
+    used = int(earlier.get("sessions") or 0) if earlier.get("run_id") == ctx.run_id else 0
+    if earlier.get("run_id") != ctx.run_id:  # an earlier run's session and count are not this run's
+        memory.save(run_id=ctx.run_id, session_id=None, sessions=0, last_reason=None)
+    totals = {"sessions": used, "tokens": 0, "cost": 0.0}
+    usage = {"tokens": TokenUsage()}  # summed over the run's sessions, as cost is
 
     def session(req: SessionRequest):
+        if totals["sessions"] >= limit:
+            raise StepFailed(f"this run has used its agent.max_attempts ({limit}) sessions",
+                             retryable=False, detail=earlier.get("last_reason") or "")
         ctx.log("session starting", worktree=str(worktree), attempt=ctx.attempt, continues=req.session_id)
-        result = svc.agent.run(req, cancel=ctx.cancel, on_event=on_event)
-        totals["sessions"] += 1
+        result = svc.agent.run(req, cancel=watch.stop, on_event=on_event)
+        if not result.cancelled:
+            totals["sessions"] += 1
+            memory.save(run_id=ctx.run_id, sessions=totals["sessions"])
         totals["tokens"] += result.tokens.total
+        usage["tokens"] = usage["tokens"] + result.tokens
         totals["cost"] += result.cost
         ctx.note(session_id=result.session_id, tokens=totals["tokens"], cost=totals["cost"],
                  sessions=totals["sessions"], duration_s=round(result.duration_s, 3), ok=result.ok,
@@ -226,7 +294,8 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
                 tokens=result.tokens.total, cost=result.cost, duration_s=round(result.duration_s, 2))
         if not result.ok:
             if req.session_id and result.events == 0:
-                memory.forget()  # the session could not be continued at all: the next attempt starts afresh
+                # the session could not be continued at all: the next attempt starts afresh
+                memory.save(session_id=None, run_id=ctx.run_id, last_reason=None)
             elif result.session_id:
                 memory.save(session_id=result.session_id, run_id=ctx.run_id, last_reason=result.reason)
             # A cancelled session (shutdown, step timeout) is always worth another attempt later.
@@ -244,16 +313,19 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
 
     def run_gates() -> SuiteReport:
         before = ws.snapshot(issue.id)
-        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        report = gate_suite(svc, issue, worktree, cancel=watch.stop, run_id=ctx.run_id)
         latest["after"] = after = ws.snapshot(issue.id)
         byproducts.update({p: h for p, h in after.items() if before.get(p, "") != h})
+        if watch.reason:
+            raise StepFailed(f"superseded: {watch.reason}", retryable=False)
+        refuse_moved_yardstick(report)
         return report
 
     result = session(request)
     # The fix loop: the runner runs the gates; while they fail and sessions remain, the same session
     # gets the report and fixes its change. verify re-checks whatever tree comes out of this.
     report = run_gates()
-    while not report.passed and totals["sessions"] < svc.config.agent.max_attempts:
+    while not report.passed and totals["sessions"] < limit:
         ctx.log("gates failed, the session gets the report", gates=report.trailer(), sessions=totals["sessions"])
         result = session(request.model_copy(update={
             "session_id": result.session_id, "prompt": fix_message(report)}))
@@ -268,7 +340,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     if byproducts:
         ctx.log("left out of the commit: made by the gates", files=sorted(set(now) - set(agent_files))[:20])
     return ProcessOutput(
-        session_id=result.session_id, summary=result.summary, tokens=result.tokens, cost=totals["cost"],
+        session_id=result.session_id, summary=result.summary, tokens=usage["tokens"], cost=totals["cost"],
         duration_s=result.duration_s, changed_files=agent_files, worktree=str(worktree),
         branch=ws.branch(issue.id), sessions=totals["sessions"], gate_report=report,
         gated_tree=ws.tree_id(issue.id),
@@ -290,16 +362,25 @@ def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     """Run every quality gate in the worktree. The agent's own claims count for nothing."""
     proc: ProcessOutput = ctx.parent("process")
     if proc.skipped:
-        return VerifyOutput(skipped=True)
+        return VerifyOutput(skipped=True, superseded=proc.superseded)
     svc = _services(inp)
+    # (No tracker read here: commit reads the issue right before landing, one call per run less.)
+    deps: CheckDepsOutput = ctx.parent("check-deps")
+    with svc.workspace.worktree_lock(inp.issue_id):
+        return _verify(svc, inp, proc, deps, ctx)
+
+
+def _verify(svc: Services, inp: TaskInput, proc: ProcessOutput, deps: CheckDepsOutput,
+            ctx: StepContext) -> VerifyOutput:
     worktree = svc.workspace.ensure_worktree(inp.issue_id)
     if proc.gate_report is not None and proc.gated_tree == svc.workspace.tree_id(inp.issue_id):
         # The runner itself ran these gates on exactly this tree moments ago, in the fix loop.
         report = proc.gate_report
         ctx.log("gates already passed on this exact tree", gates=report.trailer(), tree=proc.gated_tree)
     else:
-        report = run_suite(svc.gates, worktree, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        report = gate_suite(svc, deps.issue, worktree, cancel=ctx.cancel, run_id=ctx.run_id)
         ctx.log("gates run", passed=report.passed, gates=report.trailer())
+    refuse_moved_yardstick(report)
     if not report.passed:
         raise StepFailed(f"quality gates failed: {report.summary()}", retryable=False, detail=report.render_text())
     return VerifyOutput(report=report)
@@ -311,25 +392,36 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     deps: CheckDepsOutput = ctx.parent("check-deps")
     proc: ProcessOutput = ctx.parent("process")
     ver: VerifyOutput = ctx.parent("verify")
-    if proc.skipped or deps.issue is None:
-        return CommitOutput(skipped=True, reason=deps.reason)
+    if proc.skipped or ver.skipped or deps.issue is None:
+        superseded = ver.superseded or proc.superseded
+        return CommitOutput(skipped=True, reason=f"superseded: {superseded}" if superseded else deps.reason,
+                            superseded=superseded)
     svc = _services(inp)
     ws, tracker, issue = svc.workspace, svc.tracker, deps.issue
     gates = ver.report.trailer()
     agent = svc.agent
-    message = trailer_message(issue.title or "(no title)", issue.id, proc.summary, {
+    trailers = {
         "Beads-Issue": issue.id,
         "Beads-Run": ctx.run_id,
         "Agent": f"{agent.name} {agent.model}".strip(),
         "Gates": gates,
-    })
+    }
+    if tests := ver.report.tests_trailer():
+        trailers["Tests"] = tests
+    message = trailer_message(issue.title or "(no title)", issue.id, proc.summary, trailers)
     if ws.landed_commit(issue.id) is None:
+        # Right before landing, the tracker once more: a person's word wins over the gates' verdict.
+        if why := check_issue(tracker, issue.id):
+            ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=why)
+            return CommitOutput(skipped=True, reason=f"superseded: {why}", superseded=why)
         ws.commit(issue.id, message, paths=proc.changed_files)
         failpoint("after-commit")
 
     def regate(path) -> tuple[bool, str]:
-        report = run_suite(svc.gates, path, cancel=ctx.cancel, log_dir=svc.run_dir(ctx.run_id))
+        report = gate_suite(svc, issue, path, cancel=ctx.cancel, run_id=ctx.run_id)
         ctx.log("re-gated after rebase", passed=report.passed, gates=report.trailer())
+        if moved_yardstick(report):
+            return False, handover_reason(report)
         return report.passed, report.summary()
 
     landed = ws.land(issue.id, regate=regate)
@@ -354,6 +446,13 @@ def on_failure(inp: TaskInput, run_id: str, step: str, error: StepFailed, attemp
         where = svc.workspace.worktree_path(inp.issue_id)
     except UnsafeIdError:
         return  # never touch an issue whose id cannot be used safely
+    if why := check_issue(svc.tracker, inp.issue_id):
+        # A person took the issue meanwhile: their word stands; no comment, no needs-human.
+        from beads_runner.reconcile import log as reconcile_log
+
+        reconcile_log.info("failed run superseded: the issue is left as the person set it", run_id=run_id,
+                           issue_id=inp.issue_id, step=step, reason=why)
+        return
     detail = error.detail.strip()
     if len(detail) > 3000:
         detail = "…" + detail[-3000:]
@@ -368,13 +467,19 @@ def on_failure(inp: TaskInput, run_id: str, step: str, error: StepFailed, attemp
     svc.tracker.hand_to_human(inp.issue_id)
 
 
+def process_budget(config) -> float:
+    """The process step's timeout covers its whole fix loop: up to `agent.max_attempts` sessions, each
+    followed by the gates, plus a minute of slack."""
+    return config.agent.max_attempts * (config.agent.timeout + config.gates_budget) + 60
+
+
 TASK_FLOW = WorkflowSpec(
     name=WORKFLOW_NAME,
     input=TaskInput,
     steps=(
         StepSpec("check-deps", check_deps, CheckDepsOutput),
         StepSpec("process", process, ProcessOutput, parents=("check-deps",),
-                 timeout=lambda config: config.agent.timeout + 60, concurrency_key=SESSION_KEY),
+                 timeout=lambda config: process_budget(config), concurrency_key=SESSION_KEY),
         StepSpec("verify", verify, VerifyOutput, parents=("process",),
                  timeout=lambda config: config.gates_budget + 60),
         StepSpec("commit", commit, CommitOutput, parents=("verify",),

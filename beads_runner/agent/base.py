@@ -26,6 +26,15 @@ class TokenUsage(BaseModel):
         return TokenUsage(**{k: getattr(self, k) + getattr(other, k) for k in TokenUsage.model_fields})
 
 
+class ProviderRetry(BaseModel):
+    """The model provider failed and opencode will try again (agent.mode = "server" only: `run`
+    does not show it). A quota that is used up shows as a run of these with the provider's message."""
+
+    attempt: int = 0  # opencode's retry count, 1 for the first retry
+    message: str = ""  # the provider's error message, e.g. "Rate limit exceeded (HTTP 429)"
+    next_at: float | None = None  # when the next attempt is due (Unix seconds)
+
+
 class SessionRequest(BaseModel):
     issue_id: str
     prompt: str  # goes to the agent on stdin, never on a command line
@@ -50,6 +59,8 @@ class SessionResult(BaseModel):
     stalled: bool = False
     cancelled: bool = False
     output_tail: str = ""  # the last lines of the agent's output (stderr and errors), for comments
+    provider_retries: list[ProviderRetry] = Field(default_factory=list)  # in order; also sent live to
+    # on_event as {"type": "provider_retry", "attempt", "message", "next" (Unix ms)}
 
 
 EventCallback = Callable[[dict[str, Any]], None]

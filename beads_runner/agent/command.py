@@ -97,6 +97,7 @@ class CommandAgent:
                 argv, cwd=request.workdir, env=env, stdin_text=request.prompt,
                 timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=cancel,
                 on_stdout=on_line("stdout"), on_stderr=on_line("stderr"), stall_on_stderr=True,
+                writable=[self.repo_root / Path(p).expanduser() for p in self.config.writable],
             )
         except OSError as exc:
             raise AgentUnavailable(f"cannot start {argv[0]}: {exc}", fix=FIX) from None

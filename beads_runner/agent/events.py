@@ -45,6 +45,8 @@ _TIMEOUT_MESSAGE = re.compile(r"timed out|timeout|ETIMEDOUT|ECONNRESET|ECONNREFU
 # opencode 1.18.33 reports an unknown model (and other configuration faults it cannot name) as
 # UnknownError "Unexpected server error. Check server logs for details." before any model call.
 _UNEXPECTED = "Unexpected server error"
+# ... and `opencode serve` (agent.mode = "server") names it: "Model not found: provider/model."
+_NOT_FOUND = re.compile(r"^(?:model|provider) not found\b", re.IGNORECASE)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -83,6 +85,7 @@ class SessionEvents:
     events: int = 0  # JSON events parsed (any type)
     garbage: int = 0  # non-empty lines that were not a JSON object
     unknown: int = 0  # events of a type this parser does not know
+    provider_retries: int = 0  # provider_retry events (agent.mode = "server")
 
     def feed(self, line: str | bytes) -> dict[str, Any] | None:
         """Take one line; return the parsed event (None for blank or garbage lines)."""
@@ -130,6 +133,8 @@ class SessionEvents:
             self.cost += cost
         elif kind == "error":
             self.error = _parse_error(event.get("error"))
+        elif kind == "provider_retry":  # agent.mode = "server": opencode retries the provider
+            self.provider_retries += 1
         elif kind != "step_start":
             self.unknown += 1
 
@@ -179,6 +184,8 @@ def _error_verdict(error: ErrorEvent) -> Verdict:
         return Verdict(False, f"opencode error ({error.name}): {message}", False)
     if _TIMEOUT_MESSAGE.search(message):
         return Verdict(False, f"model request failed ({error.name}): {message}", True)
+    if error.name == "UnknownError" and _NOT_FOUND.search(message):
+        return Verdict(False, f"opencode error ({error.name}): {message} (check agent.model)", False)
     if error.name == "UnknownError" and _UNEXPECTED in message:
         return Verdict(False, f"opencode error ({error.name}): {message} "
                               "(check agent.model and the provider configuration)", False)

@@ -4,8 +4,8 @@ argv: `opencode run --format json --dir <worktree> --title <title> [--model p/m]
 [agent.args...]`, the prompt on stdin (then closed). Success needs exit 0, no `error` event and a
 last `step_finish` with reason "stop" (see `events.py`).
 
-Environment: the runner's own, plus `OPENCODE_PERMISSION` allowing edits and shell commands
-(an "ask" is auto-rejected in a non-interactive run) unless the user set OPENCODE_PERMISSION,
+Environment: the runner's own, plus `OPENCODE_PERMISSION` setting every permission class to allow
+or deny (never ask; nothing outside the worktree; see `permissions.py`), the user's own keys winning,
 plus `OPENCODE_DISABLE_AUTOUPDATE=1` unless set, plus `agent.env`, which wins over everything.
 
 Note (opencode 1.18.33): several sessions starting at once on a data directory that has never
@@ -15,7 +15,6 @@ that is reported as retryable. A data directory that has run one session is safe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -26,12 +25,13 @@ from typing import IO
 import beads_runner
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.events import SessionEvents
+from beads_runner.agent.permissions import HEADLESS_PERMISSION, asked_permission, permission_json, refused_permission
 from beads_runner.agent.process import run_supervised
 from beads_runner.config import AgentConfig
 from beads_runner.errors import AgentUnavailable
 
 OPENCODE_VERSION = "1.18.33"
-DEFAULT_PERMISSION = {"edit": "allow", "bash": "allow", "webfetch": "allow"}
+DEFAULT_PERMISSION = HEADLESS_PERMISSION
 INSTALL_FIX = (f"run `make setup` in the beads-runner checkout, or `npm install opencode-ai@{OPENCODE_VERSION}`, "
                "or set agent.command in .beads-runner.toml")
 TITLE_MAX = 100
@@ -101,10 +101,9 @@ class OpenCodeAgent:
     # -- one session ---------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        if "OPENCODE_PERMISSION" not in env:
-            env["OPENCODE_PERMISSION"] = json.dumps(DEFAULT_PERMISSION)
         env.setdefault("OPENCODE_DISABLE_AUTOUPDATE", "1")
         env.update(self.config.env)
+        env["OPENCODE_PERMISSION"] = permission_json(env.get("OPENCODE_PERMISSION"))
         return env
 
     def argv(self, exe: str, request: SessionRequest) -> list[str]:
@@ -124,6 +123,18 @@ class OpenCodeAgent:
         data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return str(Path(data) / "opencode" / "opencode.db")
 
+    def writable_dirs(self) -> list[Path]:
+        """What opencode writes besides the worktree (its database, logs, snapshots, caches), so the
+        sandbox lets it; plus agent.writable."""
+        env = self._env()
+        home = Path(env.get("HOME") or Path.home())
+        dirs = [Path(env.get(var) or home / default) / "opencode" for var, default in (
+            ("XDG_DATA_HOME", ".local/share"), ("XDG_CACHE_HOME", ".cache"), ("XDG_STATE_HOME", ".local/state"),
+            ("XDG_CONFIG_HOME", ".config"))]  # opencode writes there too (a .gitignore, its plugins)
+        if env.get("OPENCODE_DB"):
+            dirs.append(Path(env["OPENCODE_DB"]).parent)
+        return dirs + [self.repo_root / Path(p).expanduser() for p in self.config.writable]
+
     def run(self, request: SessionRequest, *, cancel: threading.Event | None = None,
             on_event: EventCallback | None = None) -> SessionResult:
         exe = self.resolve_executable()
@@ -135,6 +146,12 @@ class OpenCodeAgent:
             log = open(request.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
 
         first_start = _FirstStart.enter(self._data_key())
+        # Stopped by the caller's cancel, or by us when a permission refuses a tool call.
+        stop = threading.Event()
+        refused: list[str] = []
+        finished = threading.Event()
+        if cancel is not None:
+            threading.Thread(target=_relay, args=(cancel, stop, finished), daemon=True).start()
 
         def on_stdout(line: str) -> None:
             first_start.done()  # opencode answered: its database exists, others may start
@@ -142,18 +159,22 @@ class OpenCodeAgent:
                 log.write(line + "\n")
                 log.flush()
             event = events.feed(line)
+            if event is not None and not refused and (why := refused_permission(event)):
+                refused.append(why)  # a headless session cannot be granted it: end here, do not retry
+                stop.set()
             if event is not None and on_event is not None:
                 on_event(event)
 
         try:
             outcome = run_supervised(
                 argv, cwd=request.workdir, env=self._env(), stdin_text=request.prompt,
-                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=cancel,
-                on_stdout=on_stdout, stall_on_stderr=False,
+                timeout=self.config.timeout, stall_timeout=self.config.stall_timeout, cancel=stop,
+                on_stdout=on_stdout, stall_on_stderr=False, writable=self.writable_dirs(),
             )
         except OSError as exc:
             raise AgentUnavailable(f"cannot start {exe}: {exc}", fix=INSTALL_FIX) from None
         finally:
+            finished.set()
             first_start.done()
             if log is not None:
                 log.close()
@@ -167,6 +188,12 @@ class OpenCodeAgent:
             ok, retryable = False, True
             reason = (f"no output from opencode for {_fmt_seconds(self.config.stall_timeout)} "
                       "(agent.stall_timeout); session killed")
+        elif refused:
+            asked = asked_permission(list(outcome.stderr_tail))
+            permission = refused[0] if asked is None or refused[0].startswith(asked) else f"{asked}: {refused[0]}"
+            ok, retryable = False, False
+            reason = (f"a permission refused a tool call: {permission}; the session was ended (a headless "
+                      "session is never granted a permission, so a retry would only repeat it)")
         elif outcome.cancelled:
             ok, retryable = False, False
             reason = "session cancelled"
@@ -189,8 +216,16 @@ class OpenCodeAgent:
             session_id=events.session_id or request.session_id, summary=events.summary,
             tokens=events.tokens, cost=events.cost, duration_s=round(outcome.duration_s, 3),
             events=events.events, timed_out=outcome.timed_out, stalled=outcome.stalled,
-            cancelled=outcome.cancelled, output_tail="\n".join(tail),
+            cancelled=outcome.cancelled and not refused, output_tail="\n".join(tail),
         )
+
+
+def _relay(source: threading.Event, target: threading.Event, finished: threading.Event) -> None:
+    """Set `target` when `source` is set, until `finished`."""
+    while not finished.is_set():
+        if source.wait(0.1):
+            target.set()
+            return
 
 
 class _FirstStart:

@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beads_runner import procreg
+from beads_runner import procreg, sandbox
 
 LineCallback = Callable[[str], None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 TICK = 0.05  # how often the supervisor looks at the clock
+MAX_LINE = 16 << 20  # bytes of one output line read at once (opencode's events are single JSON lines)
 READER_GRACE = 10.0  # after the group is gone, how long to wait for the readers to drain the pipes
 
 
@@ -60,12 +61,17 @@ def run_supervised(
     stall_on_stderr: bool = False,
     tail_lines: int = 40,
     kill_grace: float = 3.0,
+    writable: Sequence[Path | str] = (),
 ) -> ProcessOutcome:
-    """Run `argv` to its end or a limit. Raises OSError only if it cannot be started at all."""
+    """Run `argv` to its end or a limit. Raises OSError only if it cannot be started at all.
+
+    It runs in the active sandbox (`beads_runner.sandbox`): `cwd` and `writable` are all it may write."""
     started = time.monotonic()
+    tag = procreg.new_tag()  # inherited by whatever the agent starts, even in a session of its own
     proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+        sandbox.wrap(argv, cwd=cwd, writable=writable), cwd=cwd, env={**env, procreg.TAG_VAR: tag},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
     )
     lock = threading.Lock()
     last_activity = [time.monotonic()]
@@ -90,7 +96,8 @@ def run_supervised(
     def read(stream_name: str, callback: LineCallback | None, counts_as_activity: bool) -> None:
         pipe = proc.stdout if stream_name == "stdout" else proc.stderr
         assert pipe is not None
-        for raw in iter(pipe.readline, b""):
+        # Bounded: a line longer than MAX_LINE arrives in pieces (an endless line cannot take the memory).
+        for raw in iter(lambda: pipe.readline(MAX_LINE), b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             with lock:
                 if counts_as_activity:
@@ -143,6 +150,7 @@ def run_supervised(
             # On a limit, and also after a normal exit (leftover children of the group), and if this
             # thread is interrupted: the group goes.
             procreg.kill_group(proc, kill_grace if (timed_out or stalled or cancelled) else 0.0)
+            procreg.kill_tagged(tag)  # what left the group (setsid): confined, the pid namespace ends it too
     deadline = time.monotonic() + READER_GRACE
     for thread in threads[1:]:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -20,6 +20,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from beads_runner.config import STATE_DIR
+from beads_runner.ids import is_safe_issue_id
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerError, TrackerUnavailable
 from beads_runner.tracker import parse
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL, Issue
@@ -148,6 +149,15 @@ class BdTracker:
             raise IssueNotFound(f"refusing to pass the issue id {issue_id!r} to bd: it is empty or looks like a flag")
         return issue_id
 
+    @staticmethod
+    def _any_id(issue_id: str) -> str:
+        """An id passed only after `--` (where bd cannot read it as a flag): any non-empty text will do,
+        so that even an issue whose id looks like a flag (`-`, `--help`) gets its comment and goes to
+        a person instead of being left in progress."""
+        if not isinstance(issue_id, str) or not issue_id.strip() or "\x00" in issue_id:
+            raise IssueNotFound(f"refusing to pass the issue id {issue_id!r} to bd: it is empty or holds a NUL")
+        return issue_id
+
     # -- Tracker ------------------------------------------------------------------------------
 
     def version(self) -> str:
@@ -206,6 +216,8 @@ class BdTracker:
                 return None
             if claimed:
                 issue = claimed[0]
+                if not is_safe_issue_id(issue.id):
+                    return issue  # claimed, and unusable: the daemon refuses it (a comment, to a person)
                 if issue.is_work:
                     return self._verify_claim(issue.id)
                 self.release(issue.id)  # an infrastructure issue slipped through: give it back
@@ -225,7 +237,7 @@ class BdTracker:
         return [issue for issue in issues if issue.assignee == self.actor]
 
     def release(self, issue_id: str) -> None:
-        self._run(["update", self._id(issue_id), "--status", "open", "--assignee", ""])
+        self._run(["update", "--status", "open", "--assignee", ""], tail=[self._any_id(issue_id)])
 
     def close(self, issue_id: str, reason: str) -> Issue:
         issue_id = self._id(issue_id)
@@ -244,13 +256,13 @@ class BdTracker:
         return found if found is not None and found.status == "closed" else self.show(issue_id)
 
     def comment(self, issue_id: str, text: str) -> None:
-        issue_id = self._id(issue_id)
+        issue_id = self._any_id(issue_id)
         text = text.replace("\x00", "")
         if len(text) > MAX_COMMENT_CHARS:
             text = text[: MAX_COMMENT_CHARS - 40] + "\n\n[comment truncated by beads-runner]"
         # The text goes after `--`, so a text starting with '-' is never read as a flag. Exit 0
         # means bd stored it: unreadable stdout then is not retried (a retry would post it twice).
-        self._run(["comments", "add", issue_id], tail=[text], expect_json=False, retry_garbage=False)
+        self._run(["comments", "add"], tail=[issue_id, text], expect_json=False, retry_garbage=False)
 
     def comments(self, issue_id: str) -> list[dict[str, Any]]:
         issue_id = self._id(issue_id)
@@ -258,4 +270,4 @@ class BdTracker:
         return parse.comments_from_data(self._run(["comments", issue_id]), name)
 
     def hand_to_human(self, issue_id: str) -> None:
-        self._run(["update", self._id(issue_id), "--status", "blocked", "--add-label", NEEDS_HUMAN_LABEL])
+        self._run(["update", "--status", "blocked", "--add-label", NEEDS_HUMAN_LABEL], tail=[self._any_id(issue_id)])

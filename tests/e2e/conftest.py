@@ -19,6 +19,9 @@ from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, stand
 ROOT = Path(__file__).resolve().parents[2]
 OPENCODE = ROOT / "node_modules" / ".bin" / "opencode"
 BEADS_RUNNER = Path(sys.executable).parent / "beads-runner"
+# agent.mode of the repositories sample_repo() makes; tests of the server mode run the same test
+# bodies with this set to "server" (tests/e2e/test_server_mode.py).
+AGENT_MODE = "run"
 
 
 def pytest_collection_modifyitems(items):
@@ -38,7 +41,8 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
-def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, extra_config: str = "") -> Path:
+def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, extra_config: str = "",
+                sandbox: str = "auto") -> Path:
     """A git repository with a tiny Python package, a unittest gate and a bd (stand-in) database."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
@@ -52,12 +56,14 @@ def sample_repo(path: Path, *, gate: str | None = None, max_sessions: int = 3, e
                                                  "    def test_ok(self):\n        self.assertTrue(True)\n")
     gate = gate or f"{sys.executable} -m unittest discover -s tests -t . -q"
     (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
+        sandbox = "{sandbox}"
         [tracker]
         kind = "bd"
         poll_interval = "1s"
 
         [agent]
         model = "scripted/scripted"
+        mode = "{AGENT_MODE}"
         timeout = "4m"
         stall_timeout = "2m"
 

@@ -170,7 +170,7 @@ def session_log_wrapper(path: Path, log: Path, opencode: Path) -> Path:
 
 
 def session_intervals_from(log: Path) -> list[tuple[float, float, str]]:
-    starts: dict[int, tuple[float, str]] = {}
+    starts: dict[str, tuple[float, str]] = {}
     out = []
     for line in log.read_text().splitlines():
         rec = json.loads(line)

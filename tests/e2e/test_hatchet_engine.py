@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,8 @@ def demo_on_hatchet(tmp_path, hatchet_engine, opencode_bin):  # noqa: F811
     sessions = tmp_path / "sessions.ndjson"
     wrapper = session_log_wrapper(tmp_path / "opencode-logged", sessions, OPENCODE)
     text = (repo / ".beads-runner.toml").read_text()
-    text = text.replace('kind = "opencode"\n', f'kind = "opencode"\ncommand = "{wrapper}"\n')
+    # The session log lives outside the worktree: the sandbox must let the wrapper write it.
+    text = text.replace('kind = "opencode"\n', f'kind = "opencode"\ncommand = "{wrapper}"\nwritable = ["{tmp_path}"]\n')
     (repo / ".beads-runner.toml").write_text(text)
     git(repo, "commit", "-q", "-am", "Log the agent's sessions")
     use_hatchet(repo)

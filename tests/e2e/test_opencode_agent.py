@@ -225,3 +225,20 @@ def test_cancel_kills_opencode(model, repo, tmp_path):
     assert result.duration_s < 45  # killed by the cancel, not by the stall timeout (90 s)
     assert _processes_with_env(str(tmp_path / "opencode-home")) == []
     assert os.path.isdir(repo)
+
+
+def test_a_write_outside_the_worktree_is_denied_and_ends_the_session_naming_the_permission(repo, tmp_path):
+    outside = tmp_path / "outside" / "escape.txt"
+    outside.parent.mkdir()
+    script = {"scenarios": [{"match": "escape", "rounds": [
+        [{"text": "Writing outside.", "tools": [{"name": "write", "args": {"filePath": str(outside),
+                                                                             "content": "escaped\n"}}]},
+         {"text": "Trying again."}],
+    ]}]}
+    with ScriptedModelServer(script) as server:
+        result = _agent(server, tmp_path).run(_request(repo, "Work on escape: write outside"))
+        requests = server.stats()["scenarios"]
+    assert not outside.exists()  # denied, not merely asked
+    assert not result.ok and not result.retryable and not result.cancelled, result
+    assert "external_directory" in result.reason and "permission" in result.reason, result.reason
+    assert requests == {"escape": 1}  # ended at the refusal: the model was not asked again

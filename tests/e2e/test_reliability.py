@@ -73,7 +73,8 @@ class Rig:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.repo = tmp / "repo"
-        self.marks = tmp / "marks"
+        self.marks = tmp / "marks"  # the agent's own notes: writable in its sandbox (agent.writable)
+        self.marks.mkdir()
         self.behaviour: dict[str, str] = {}
         (tmp / "agent.py").write_text(AGENT)
         self.repo.mkdir()
@@ -85,11 +86,12 @@ class Rig:
         self.configure()
 
     def configure(self, *, stall="20s", timeout="60s", max_sessions=3, gate=None, gate_timeout="1m",
-                  grace="30s") -> None:
+                  grace="30s", sandbox="auto") -> None:
         gate_block = ""
         if gate:
             gate_block = f'[[gates]]\nname = "check"\nrun = "{gate}"\ntimeout = "{gate_timeout}"\n'
         (self.repo / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
+            sandbox = "{sandbox}"
             [tracker]
             poll_interval = "1s"
             [agent]
@@ -97,6 +99,7 @@ class Rig:
             command = "{sys.executable} {self.tmp / 'agent.py'}"
             timeout = "{timeout}"
             stall_timeout = "{stall}"
+            writable = ["{self.marks}"]
             [engine]
             max_sessions = {max_sessions}
             grace_period = "{grace}"
@@ -107,8 +110,8 @@ class Rig:
         git(self.repo, "commit", "-q", "-m", "config", "--allow-empty")
 
     def env(self, **extra: str) -> dict[str, str]:
-        (self.tmp / "behaviour.json").write_text(json.dumps(self.behaviour))
-        env = standin_env(MARKS=str(self.marks), BEHAVIOUR=str(self.tmp / "behaviour.json"),
+        (self.marks / "behaviour.json").write_text(json.dumps(self.behaviour))
+        env = standin_env(MARKS=str(self.marks), BEHAVIOUR=str(self.marks / "behaviour.json"),
                           BD_STANDIN_LOG=str(self.tmp / "bd.log"))
         env.update(extra)
         return env
@@ -232,6 +235,7 @@ def test_a_flaky_bd_is_retried_and_nothing_is_left_half_done(rig):
 
 
 def test_a_left_behind_git_index_lock_is_reported_with_its_fix_and_the_work_kept(rig):
+    rig.configure(sandbox="off")  # a sandboxed agent cannot write into .git: here it plays a killed git
     locked = rig.issue("Leaves an index.lock", "index_lock")
     result = rig.run()
     assert result.returncode == 1

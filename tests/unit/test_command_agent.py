@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import shlex
 import sys
@@ -233,9 +235,15 @@ def test_opencode_argv(tmp_path):
     assert bare == ["oc", "run", "--format", "json", "--dir", str(tmp_path), "--title", "bd-2"]
 
 
-def test_opencode_env_respects_user_permission(monkeypatch, tmp_path):
+def test_opencode_env_sets_every_permission_class_and_respects_the_users_keys(monkeypatch, tmp_path):
+    from beads_runner.agent.permissions import PERMISSION_CLASSES
+
     monkeypatch.delenv("OPENCODE_PERMISSION", raising=False)
     env = OpenCodeAgent(AgentConfig(env={"FOO": "1"}), tmp_path)._env()
-    assert '"edit": "allow"' in env["OPENCODE_PERMISSION"] and env["FOO"] == "1"
+    permission = json.loads(env["OPENCODE_PERMISSION"])
+    assert set(PERMISSION_CLASSES) <= set(permission) and env["FOO"] == "1"
+    assert '"ask"' not in json.dumps(permission)  # headless: nobody could answer
+    assert permission["external_directory"] == "deny" and permission["doom_loop"] == "deny"
     monkeypatch.setenv("OPENCODE_PERMISSION", '{"edit":"deny"}')
-    assert OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_PERMISSION"] == '{"edit":"deny"}'
+    mine = json.loads(OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_PERMISSION"])
+    assert mine["edit"] == "deny" and mine["external_directory"] == "deny"

@@ -56,6 +56,9 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     ({"land": {"target": ""}}, "land.target", "at least 1 character"),
     ({"trackr": {}}, "trackr", "unknown key"),
     ({"agent": {"modle": "a/b"}}, "agent.modle", "unknown key (not a setting of [agent]"),
+    ({"agent": {"mode": "daemon"}}, "agent.mode", "'run' or 'server'"),
+    ({"agent": {"kind": "command", "command": "x", "mode": "server"}}, "agent.mode",
+     'must be "run" when agent.kind is "command"'),
 ])
 def test_errors_name_the_key(data, key, words) -> None:
     text = error_of(data)
@@ -143,3 +146,15 @@ def test_several_errors_are_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert "diff.max_lines" in str(info.value) and "gates[0] ('t').run" in str(info.value)
+
+
+def test_a_huge_duration_is_a_config_error_not_an_overflow():
+    """Issue 17 item 18: tracker.timeout = "99999999999999999999h" ended in OverflowError."""
+    import pytest as _pytest
+
+    from beads_runner.config import validate_config
+    from beads_runner.errors import ConfigError
+
+    with _pytest.raises(ConfigError) as err:
+        validate_config({"tracker": {"timeout": "99999999999999999999h"}}, ".beads-runner.toml")
+    assert "tracker.timeout: must be a duration of at most 30 days" in err.value.message

@@ -49,7 +49,7 @@ def test_gates_command_on_a_clean_tree(repo: Path) -> None:
     data = json.loads(text)
     assert code == 0, text
     assert data["trailer"] == "diff=pass lint=pass docs=skipped"
-    lint = data["reports"][2]
+    lint = next(r for r in data["reports"] if r["name"] == "lint")
     assert lint["preexisting"] == ["a.py:1: TODO"]
 
 
@@ -68,7 +68,8 @@ def test_gates_command_on_a_branch_measures_against_the_target(repo: Path) -> No
     write(repo, {"docs/x.md": "doc\n"})
     commit_all(repo, "docs")
     code, text = run_gates_command(repo, as_json=True)
-    assert code == 0 and json.loads(text)["reports"][3]["status"] == "pass"  # docs/** touched
+    docs = next(r for r in json.loads(text)["reports"] if r["name"] == "docs")
+    assert code == 0 and docs["status"] == "pass"  # docs/** touched
 
 
 def test_gates_command_reports_config_errors(tmp_path: Path) -> None:
@@ -81,12 +82,18 @@ def test_services_build_diff_gates_then_commands(tmp_path: Path) -> None:
     config = validate_config({"gates": [{"name": "t", "run": "pytest", "baseline": True, "when": ["*.py"]}],
                               "diff": {"max_lines": 10}}, "x")
     gates = Services(tmp_path, config).gates
-    assert [g.name for g in gates] == ["diff.nonempty", "diff.paths", "diff.size", "diff.secrets", "t"]
-    assert all(isinstance(g, DiffGate) and g.target == "main" for g in gates[:4])
-    cmd = gates[4]
+    assert [g.name for g in gates] == ["diff.nonempty", "diff.paths", "diff.protected", "diff.content", "diff.size",
+                                       "diff.secrets", "diff.yardstick", "diff.tests", "t"]
+    assert all(isinstance(g, DiffGate) and g.target == "main" for g in gates[:8])
+    cmd = gates[8]
     assert isinstance(cmd, CommandGate) and cmd.baseline and cmd.when == ["*.py"] and cmd.target == "main"
     assert config.gates_budget == 600 * 2 + 60
-    assert Services(tmp_path, validate_config({"diff": {"enabled": False}}, "x")).gates == []
+    # Without the diff checks, the runner's and the agent's configuration are still protected, and the
+    # yardstick checks (not diff hygiene) stay unless [yardstick] enabled = false.
+    no_diff = Services(tmp_path, validate_config({"diff": {"enabled": False}}, "x")).gates
+    assert [g.name for g in no_diff] == ["diff.protected", "diff.yardstick", "diff.tests"]
+    assert [g.name for g in Services(tmp_path, validate_config(
+        {"diff": {"enabled": False}, "yardstick": {"enabled": False}}, "x")).gates] == ["diff.protected"]
 
 
 # --- init --------------------------------------------------------------------------------

@@ -164,7 +164,8 @@ def test_diff_gates_in_a_suite(wt: Path) -> None:
     write(wt, {"src/app.py": "x = 1\n"})
     report = run_suite(diff_gates(max_lines=100, target="main"), wt)
     assert report.trailer() == "diff=pass"
-    assert [r.name for r in report.reports] == ["diff.nonempty", "diff.paths", "diff.size", "diff.secrets"]
+    assert [r.name for r in report.reports] == ["diff.nonempty", "diff.paths", "diff.protected", "diff.content",
+                                                "diff.size", "diff.secrets"]
     assert report.passed
 
 
@@ -172,4 +173,4 @@ def test_trailer_folds_diff_gates_into_their_worst_status(wt: Path) -> None:
     write(wt, {".beads/issues.jsonl": "tampered\n", "a.py": "x = 1\n"})
     report = run_suite(diff_gates(target="main"), wt)
     assert report.trailer() == "diff=fail" and not report.passed
-    assert [r.status for r in report.reports] == ["pass", "fail", "pass"]
+    assert [r.status for r in report.reports] == ["pass", "fail", "pass", "pass", "pass"]

@@ -94,7 +94,8 @@ def test_registration_follows_the_spec_and_the_config():
         assert t.backoff_factor == 2.0 and t.backoff_max_seconds == 45
         assert t.action == f"beads-task-execution:{spec.name}"
     assert tasks["check-deps"].timeout == "20m"  # no spec timeout: engine.step_timeout
-    assert tasks["process"].timeout == "41m"  # agent.timeout + 60 s
+    # The whole fix loop: max_attempts (3) × (agent.timeout 40m + the gates 5m + the diff checks 60 s), + 60 s
+    assert tasks["process"].timeout == "139m"
     assert tasks["verify"].timeout == "7m"  # the gates (5m), the diff checks (60 s), + 60 s
     assert tasks["commit"].timeout == "20m"
     # The session cap: one concurrency group for every session, max_sessions at once, queued for hours.
@@ -108,7 +109,19 @@ def test_registration_follows_the_spec_and_the_config():
     assert list(tasks["process"].rate_limits) == []  # sessions_per_minute unset
     assert proto.on_failure_task.readable_id == "handover-on-failure"
     assert proto.on_failure_task.retries == 3
-    assert proto.idempotency.expression == "input.issue_id"
+    # Keys are tenant-wide: scoped to the repository's namespace, so two repositories never collide.
+    ns = hb.make_client().config.namespace
+    assert proto.idempotency.expression == f"'{ns}' + ':' + input.issue_id"
+    # Steps after check-deps are skipped by the engine when it says the run is not ours: no session slot.
+    for name in ("process", "verify", "commit"):
+        (cond,) = tasks[name].conditions.parent_override_conditions
+        assert (cond.parent_readable_id, cond.base.expression) == ("check-deps", "output.proceed == false")
+    assert not tasks["check-deps"].conditions.parent_override_conditions
+    # Equal policies give an equal definition (its version), so workers never register a second one.
+    assert proto.description == hb.DEFINITION_PREFIX + hb.definition_version(TASK_FLOW, cfg)
+    assert hb.definition_version(TASK_FLOW, cfg) != hb.definition_version(TASK_FLOW, Config())
+    again = build(cfg).to_proto()
+    assert again.SerializeToString(deterministic=True) == proto.SerializeToString(deterministic=True)
     assert proto.idempotency.method == IdempotencyMethod.Value("STATUS")
     assert proto.idempotency.ttl_ms >= 24 * 3600 * 1000
     assert json.loads(proto.input_json_schema)["required"] == ["issue_id", "repo"]

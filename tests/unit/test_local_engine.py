@@ -214,3 +214,55 @@ def test_orphaned_step_of_a_dead_owner_is_resumed(tmp_path):
     assert view.status == "succeeded"
     a = next(s for s in view.steps if s.name == "a")
     assert a.attempt == 1  # the interrupted attempt was not counted
+
+
+def test_a_step_outcome_the_full_disk_refused_is_recorded_once_space_is_back(tmp_path, monkeypatch):
+    """Issue 17 item 12: a brief disk-full under .beads-runner/ left steps "running" under the live
+    daemon (its lease renewed), and nothing moved once space was back."""
+    import sqlite3
+
+    eng = engine(tmp_path)
+    real = eng._step_succeeded
+    refusals = {"left": 3}
+
+    def disk_full_for_a_while(*args):
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args)
+
+    monkeypatch.setattr(eng, "_step_succeeded", disk_full_for_a_while)
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="full"))
+        view = eng.wait(run_id, timeout=60)
+    finally:
+        eng.stop()
+    assert refusals["left"] == 0
+    assert view.status == "succeeded" and [s.status for s in view.steps] == ["succeeded"] * 3
+    assert [c[1] for c in calls] == ["a", "b", "c"]  # each step ran once: only its record was retried
+
+
+def test_a_deferred_step_waits_without_spending_an_attempt(tmp_path):
+    """Issue 17 item 11: a worktree held by another runner's (stopped) agent defers the step; it is
+    tried again later, never failed for it, whatever the number of attempts."""
+    from workflows.spec import StepDeferred
+
+    held = {"times": 3}
+
+    def busy_then_free(inp: Inp, ctx) -> Out:
+        if held["times"] > 0:
+            held["times"] -= 1
+            raise StepDeferred("another runner still works in the worktree", delay=0.05)
+        return Out(value="done")
+
+    flow = WorkflowSpec(name="defer", input=Inp, steps=(StepSpec("only", busy_then_free, Out),),
+                        key=lambda inp: inp.key)
+    eng = LocalEngine(tmp_path / "state.db", flow, retry=RetryPolicy(attempts=1, backoff=0.05))
+    eng.start()
+    try:
+        run_id, _ = eng.submit(Inp(key="held"))
+        view = eng.wait(run_id, timeout=60)
+    finally:
+        eng.stop()
+    assert held["times"] == 0 and view.status == "succeeded"

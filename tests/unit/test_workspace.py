@@ -243,3 +243,152 @@ def test_push_never_forces_over_someone_elses_history(remote_and_clones):
     with pytest.raises(LandingRefused, match="does not rebase cleanly"):
         ws.land("bd-p4")
     assert git(remote, "rev-parse", "main") == before
+
+
+def test_landing_never_overwrites_an_ignored_or_untracked_file_of_the_checkout(repo):
+    """Issue 17 item 6: the change un-ignores a path the owner keeps ignored in the main checkout, and
+    adds that path; git's fast-forward would overwrite it silently."""
+    (repo / ".gitignore").write_text(".beads-runner/\nlocal.env\n")
+    git(repo, "commit", "-qam", "ignore local.env")
+    (repo / "local.env").write_text("the owner's own settings\n")
+    (repo / "notes.txt").write_text("untracked notes\n")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-6")
+    (path / ".gitignore").write_text(".beads-runner/\n")
+    (path / "local.env").write_text("the agent's\n")
+    (path / "notes.txt").write_text("the agent's\n")
+    ws.commit("bd-6", msg("bd-6"))
+    with pytest.raises(LandingRefused, match="overwrite 2 untracked or ignored file") as err:
+        ws.land("bd-6")
+    assert "local.env" in err.value.message and "notes.txt" in err.value.message
+    assert (repo / "local.env").read_text() == "the owner's own settings\n"
+    assert (repo / "notes.txt").read_text() == "untracked notes\n"
+    assert ws.find_commit("bd-6", "main") is None
+    (repo / "local.env").unlink()
+    (repo / "notes.txt").unlink()
+    assert ws.land("bd-6").sha == git(repo, "rev-parse", "main")  # moved away: it lands
+
+
+def test_a_git_call_blocked_in_a_step_ends_when_the_step_is_cancelled(repo):
+    """Issue 17 item 7: git blocking (here a clean filter that never returns; a hook can no longer
+    run) hung the commit step for ever: its timeout was logged and had no effect."""
+    import threading
+
+    from beads_runner.errors import GitError
+    from beads_runner.workspace import cancel_with
+
+    git(repo, "config", "filter.stuck.clean", "sleep 463.5")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-7")
+    (path / ".gitattributes").write_text("*.txt filter=stuck\n")
+    (path / "b.txt").write_text("b\n")
+    cancel = threading.Event()
+    outcome: dict = {}
+
+    def commit() -> None:
+        with cancel_with(cancel):
+            try:
+                ws.commit("bd-7", msg("bd-7"))
+            except GitError as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=commit, daemon=True)
+    thread.start()
+    assert _wait_for_process("463.5"), "git never reached the filter"
+    cancel.set()  # what the engine does when the step outlives its timeout
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "was stopped: the step was cancelled or timed out" in outcome["error"].message
+    assert not _wait_for_process("463.5", present=False)
+
+
+def _wait_for_process(marker: str, present: bool = True) -> bool:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = any(marker in (p / "cmdline").read_bytes().decode(errors="replace")
+                    for p in Path("/proc").iterdir() if p.name.isdigit() and _readable(p / "cmdline"))
+        if found == present:
+            return found
+        time.sleep(0.05)
+    return not present
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_rewritten_worktree_git_file_is_repaired_not_reported_as_not_a_repository(repo):
+    """Issue 17 item 18: an (unconfined) agent rewrote its worktree's `.git` file; every later git
+    call said "not a git repository". The worktree is found again with its work."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-18")
+    (path / "work.txt").write_text("kept\n")
+    (path / ".git").write_text("gitdir: /nowhere/at/all\n")
+    assert ws.ensure_worktree("bd-18") == path
+    assert ws.changed_files("bd-18") == ["work.txt"]
+
+
+def test_what_the_agent_committed_under_beads_itself_is_never_committed(repo):
+    """Issue 17 item 18: with the diff checks off, a `.beads/` file the agent force-added and committed
+    stayed in the index after the runner folded its commits, and was committed."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-19")
+    (path / ".beads").mkdir()
+    (path / ".beads" / "issues.jsonl").write_text("{}\n")
+    (path / "work.txt").write_text("w\n")
+    git(path, "add", "-f", ".beads/issues.jsonl", "work.txt")
+    git(path, "commit", "-qm", "agent's own commit")
+    sha = ws.commit("bd-19", msg("bd-19"), paths=["work.txt"])
+    assert git(repo, "show", "--name-only", "--format=", sha).split() == ["work.txt"]
+
+
+def test_a_rebase_whose_regate_was_interrupted_is_gated_before_it_lands(repo):
+    """Issue 17 item 1: stopped during the re-gate after a rebase, the restarted commit step found the
+    branch already on the target, skipped the gates and landed a tree no gate had seen."""
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-1r")
+    (path / "d.txt").write_text("d\n")
+    ws.commit("bd-1r", msg("bd-1r"))
+    (repo / "other.txt").write_text("moved\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the target moved")
+    before = git(repo, "rev-parse", "main")
+
+    class Stopped(Exception):
+        pass
+
+    def stopped(_path):
+        raise Stopped  # SIGTERM past the grace period, or kill -9: the re-gate never finishes
+
+    with pytest.raises(Stopped):
+        ws.land("bd-1r", regate=stopped)
+    assert git(repo, "rev-parse", "main") == before
+    gated_trees = []
+
+    def regate(p):
+        gated_trees.append(git(p, "rev-parse", "HEAD^{tree}"))
+        return True, "tests=pass"
+
+    landed = ws.land("bd-1r", regate=regate)  # the restart
+    assert gated_trees == [git(repo, "rev-parse", f"{landed.sha}^{{tree}}")]  # exactly the landed tree
+    assert git(repo, "rev-parse", "main") == landed.sha
+
+
+def test_one_worktree_one_agent_while_its_runner_lives_even_stopped(repo):
+    """Issue 17 item 11: a runner stopped (SIGSTOP) past its lease still holds the worktree's lock,
+    so a second runner resuming its step cannot start a second agent there."""
+    from beads_runner.workspace import WorktreeBusy
+
+    first, second = Workspace(repo), Workspace(repo)  # two runners on one repository
+    with first.worktree_lock("bd-11"):
+        with pytest.raises(WorktreeBusy, match="one worktree, one agent"):
+            with second.worktree_lock("bd-11"):
+                pass
+    with second.worktree_lock("bd-11"):  # released when its holder is done (or dead)
+        pass
