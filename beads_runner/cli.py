@@ -538,12 +538,15 @@ def hatchet_status(ctx: click.Context) -> None:
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--keep", is_flag=True, help="Keep an existing DIR's contents (default: start afresh).")
-def demo(directory: str | None, keep: bool) -> None:
+@click.option("--engine", type=click.Choice(["local", "hatchet"]), default="local", show_default=True,
+              help="hatchet: run it on a local Hatchet engine (`hatchet up` and two workers, stopped at the "
+                   "end; needs `make tools`).")
+def demo(directory: str | None, keep: bool, engine: str) -> None:
     """Build a sample repository with issues and run the whole flow on it, offline."""
     from beads_runner.demo import run_demo
 
     target = Path(directory) if directory else Path.cwd() / f"beads-runner-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    sys.exit(run_demo(target.resolve(), fresh=not keep))
+    sys.exit(run_demo(target.resolve(), fresh=not keep, engine=engine))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     gate = CommandGate("slow", py(code), timeout=1.5)
     started = time.monotonic()
     r = gate.run(tmp_path)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # killed at 1.5 s, not after its 60 s sleep
     assert r.status == "fail" and r.reason.startswith("timed out after 1.5s") and "started" in r.output_tail
     child = int((tmp_path / "child.pid").read_text())
     deadline = time.monotonic() + 5

@@ -17,6 +17,7 @@ class Inp(BaseModel):
     fail_times: int = 0
     retryable: bool = True
     sleep: float = 0.0
+    hold_until_active: int = 0  # b waits (up to 20 s) until this many b steps have run at once
 
 
 class Out(BaseModel):
@@ -38,6 +39,9 @@ def _step(name):
                 active["now"] += 1
                 active["max"] = max(active["max"], active["now"])
             try:
+                held = time.monotonic() + 20
+                while inp.hold_until_active and active["max"] < inp.hold_until_active and time.monotonic() < held:
+                    time.sleep(0.01)
                 deadline = time.monotonic() + inp.sleep
                 while time.monotonic() < deadline and not ctx.cancel.is_set():
                     time.sleep(0.01)
@@ -150,8 +154,10 @@ def test_concurrency_cap_holds_and_is_filled(tmp_path):
     eng = engine(tmp_path, max_sessions=3, workers=8)
     eng.start()
     try:
-        ids = [eng.submit(Inp(key=f"k{i}", sleep=0.4))[0] for i in range(7)]
-        views = [eng.wait(r, timeout=20) for r in ids]
+        # Each b holds until three have run side by side: the cap is filled whatever the machine's
+        # speed, and a cap that let more through would show as more than three.
+        ids = [eng.submit(Inp(key=f"k{i}", sleep=0.05, hold_until_active=3))[0] for i in range(7)]
+        views = [eng.wait(r, timeout=60) for r in ids]
     finally:
         eng.stop()
     assert all(v.status == "succeeded" for v in views)
