@@ -57,6 +57,8 @@ CANCEL_GRACE = 30.0
 RATE_LIMIT_KEY = "beads-runner-sessions"
 # How often `start` looks for cancelled runs whose issue is still claimed.
 SWEEP_EVERY = 30.0
+# How often `start` looks at its runs in flight, to wake its poll loop when one starts or ends.
+WATCH_EVERY = 0.5
 # Metadata on every run this runner submits: how `start` finds its own runs again.
 META_WORKFLOW = "beads_workflow"
 META_REPO = "beads_repo"
@@ -562,6 +564,8 @@ def active_run_guard(hatchet: Any, services: Services, flow: WorkflowSpec = TASK
             log.warning("could not check for other runs of the issue", issue_id=key, error=exc.message)
             return None
         others = [v for v in views if v.id != run_id]
+        log.debug("other active runs of the issue", issue_id=key, run_id=run_id,
+                  seen=[(v.id, v.created_at) for v in views])
         if not others:
             return None
         mine = next((v for v in views if v.id == run_id), None)
@@ -694,6 +698,7 @@ class HatchetEngine:
         # Runs this process started and has not yet seen end: the runs list is read from the engine's
         # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
         self._pending: set[str] = set()
+        self._watcher: threading.Thread | None = None
 
     # submitting
     def submit(self, inp: BaseModel) -> tuple[str, bool]:
@@ -750,7 +755,10 @@ class HatchetEngine:
     def _summary_view(self, row: Any) -> RunView:
         meta = row.additional_metadata or {}
         status = _STATUS.get(getattr(row.status, "value", str(row.status)), "running")
-        created = row.created_at.timestamp() if row.created_at else time.time()
+        # When the run was triggered: its metadata's creation time (row.created_at is when its first
+        # task started, later, and not in trigger order).
+        stamp = getattr(getattr(row, "metadata", None), "created_at", None) or row.created_at
+        created = stamp.timestamp() if stamp else time.time()
         finished = row.finished_at.timestamp() if row.finished_at else None
         return RunView(id=row.workflow_run_external_id or row.metadata.id, key=str(meta.get(META_ISSUE, "")),
                        status=status, input=dict(row.input or {}), created_at=created,
@@ -897,6 +905,26 @@ class HatchetEngine:
     # the loop
     def start(self) -> None:
         self.started = True
+        if self._listeners and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_runs, name="hatchet-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch_runs(self) -> None:
+        """Wake the poll loop when a run of this repository starts or ends on the workers, as the
+        embedded engine does when a step ends: a finished run frees its claim at once, and `--once`
+        ends without waiting for the next poll. One list call every WATCH_EVERY seconds."""
+        last: frozenset[tuple[str, str]] | None = None
+        while self.started:
+            try:
+                current = frozenset((self._summary_view(r).id, str(getattr(r.status, "value", r.status)))
+                                    for r in self._list(_ACTIVE, 200, None))
+            except HatchetUnavailable:
+                current = last
+            if last is not None and current != last:
+                for fn in list(self._listeners):
+                    fn()
+            last = current
+            time.sleep(WATCH_EVERY)
 
     def stop(self, grace: float = 0.0) -> None:
         self.started = False
@@ -907,6 +935,29 @@ class HatchetEngine:
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
+
+    # what notifications, `cancel` and the failure handler's bookkeeping ask of an engine
+    def last_event_id(self) -> int:
+        return 0
+
+    def events_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Notifications read the embedded engine's event log; on Hatchet the workers' own runners
+        send none yet (docs/hatchet.md, limits)."""
+        return []
+
+    def clear_handler_error(self, run_id: str) -> None:
+        """The handover of a Hatchet run is the on-failure task's, recorded by the engine itself."""
+
+    def request_cancel(self, run_id: str, by: str) -> bool:
+        """`beads-runner cancel` on Hatchet: cancel the run through the API. The worker's step gets
+        the cancellation and kills the session's process group; `start` then hands the issue over."""
+        try:
+            self.hatchet.runs.cancel(run_id)
+        except Exception as exc:  # noqa: BLE001
+            raise HatchetUnavailable(f"could not cancel run {run_id}: {exc}",
+                                     fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
+        log.info("run cancelled through the Hatchet API", run_id=run_id, by=by)
+        return True
 
 
 def hatchet_engine(services: Services) -> HatchetEngine:

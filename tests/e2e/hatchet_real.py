@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,7 +98,7 @@ def use_hatchet(repo: Path, *, extra: str = "") -> str:
         namespace = "{namespace}"
         """)
     if "[engine]\n" in text:
-        text = text.replace("[engine]\n", '[engine]\nkind = "hatchet"\n', 1)
+        text = re.sub(r'\[engine\]\n(kind = "\w+".*\n)?', '[engine]\nkind = "hatchet"\n', text, count=1)
     else:
         text += '\n[engine]\nkind = "hatchet"\n'
     config.write_text(text + block + extra)
