@@ -74,6 +74,7 @@ class RealRig:
             [agent]
             kind = "command"
             command = "{sys.executable} {tmp / 'agent.py'}"
+            writable = ["{tmp}"]  # the agent script and its marks live beside the repository
             timeout = "2m"
             stall_timeout = "1m"
             max_attempts = 2
