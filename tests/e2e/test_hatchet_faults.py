@@ -1,6 +1,6 @@
 """Faults on a real Hatchet engine: a second submit while a run works, a worker killed with -9 in
 mid-session, a run cancelled through the API, a worker with other policies, a step that fails until
-its retries are spent. The agent is the `command` kind (tests/e2e/test_reliability.py's script), so
+its fix loop is spent. The agent is the `command` kind (tests/e2e/test_reliability.py's script), so
 each case takes seconds of agent time; the engine, the workers and `start` are real processes."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_a_worker_with_other_policies_refuses_to_start(hrig):
     assert "differs from the one registered" in hrig.workers.log("other")
 
 
-def test_a_failing_step_retries_with_backoff_then_hands_over(hrig):
+def test_a_gate_that_keeps_failing_hands_the_issue_over(hrig):
     hrig.configure(gate=f"{os.environ.get('PYTHON', 'python3')} -c 'import sys; sys.exit(1)'")
     use_hatchet(hrig.repo)
     issue_id = hrig.issue("Breaks the gate", "write")
