@@ -153,3 +153,17 @@ def test_a_gate_that_keeps_failing_hands_the_issue_over(hrig):
               .splitlines() if line.startswith("{")]
     assert any(e.get("event") == "run failed, handing over" and e.get("issue_id") == issue_id for e in events)
     assert bd_json(hrig.repo, "show", issue_id)
+
+
+def test_a_crashed_session_is_retried_after_the_engines_backoff_and_lands(hrig):
+    issue_id = hrig.issue("Crashes once", "crash_once")
+    hrig.workers.start("w1")
+    result = hrig.run(timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + hrig.logs()
+    assert len(hrig.commits_for(issue_id)) == 1
+    assert issue(hrig.repo, issue_id)["status"] == "closed"
+    starts = sorted(s["t"] for s in hrig.started(issue_id))
+    assert len(starts) == 2  # the crash, then the retry that lands
+    # Hatchet waits min(backoff_max, backoff_factor ** retry) = 2 s before the second try (engine.retry
+    # defaults): the retry came no sooner (a lower bound, which load cannot make fail).
+    assert starts[1] - starts[0] >= 2.0
