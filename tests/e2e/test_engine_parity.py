@@ -2,7 +2,8 @@
 the embedded engine, the other by the Hatchet tasks driven at the SDK boundary (`aio_mock_run`, and
 the on-failure task with the error stored as the engine stores it). Real git and a real subprocess
 agent in both. The step calls, their outputs, the tracker's end state and the target's tree must
-be the same."""
+be the same. A second test runs the scenario on a real Hatchet engine (`hatchet up`, a worker,
+`start --once`) against the embedded engine: the same tracker state and the same tree."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from beads_runner.tracker.jsonl import JsonlTracker
 from workflows import hatchet as hb
 from workflows.local import LocalEngine
 from workflows.task_flow import TASK_FLOW, TaskInput
+from tests.e2e.hatchet_real import hatchet_engine  # noqa: F401 - the real engine, a session fixture
 from tests.unit.test_hatchet import RecordingChannel, fake_token  # noqa: F401 - the fake token helper
 
 AGENT = textwrap.dedent("""\
@@ -190,5 +192,50 @@ def test_the_embedded_and_the_hatchet_engine_make_the_same_step_calls_and_end_th
     # the scenario did what it says: two landed, one failed its gates and went to a person
     assert [c[0] for c in local["p-z"]][-1] == "on-failure"
     state_local, state_hatchet = end_state(tmp_path / "local"), end_state(tmp_path / "hatchet")
+    assert state_local == state_hatchet
+    assert state_local["issues"]["p-x"][0] == "closed" and state_local["issues"]["p-z"][0] == "blocked"
+
+
+@pytest.mark.timeout(600)
+def test_the_embedded_engine_and_a_real_hatchet_engine_end_the_same(tmp_path, hatchet_engine):  # noqa: F811
+    """The same scenario through `beads-runner start --once` on each engine, Hatchet's being the real
+    one (`hatchet up`, a `beads-runner worker`): the same tracker state, the same tree."""
+    import os
+    import subprocess
+
+    from tests.e2e.hatchet_real import BEADS_RUNNER, Workers, use_hatchet
+
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    for name in ("local", "hatchet"):
+        repo = make_repo(tmp_path / name, agent)
+        cfg = repo / ".beads-runner.toml"
+        cfg.write_text(cfg.read_text().replace("[engine.retry]", "[engine]\nmax_sessions = 1\n[engine.retry]")
+                       .replace("[agent]\n", f'[agent]\nwritable = ["{tmp_path}"]\n'))
+        git(repo, "commit", "-qam", "one session at a time: a deterministic order")
+    use_hatchet(tmp_path / "hatchet")
+    env = hatchet_engine.env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    workers = Workers(tmp_path / "hatchet", env)
+    workers.start("w1")
+    try:
+        results = {name: subprocess.run([str(BEADS_RUNNER), "--repo", str(tmp_path / name), "start", "--once"],
+                                        env=env, capture_output=True, text=True, timeout=400,
+                                        stdin=subprocess.DEVNULL)
+                   for name in ("local", "hatchet")}
+    finally:
+        workers.stop()
+    for name, result in results.items():
+        assert result.returncode == 1, (name, result.stdout[-3000:], result.stderr[-3000:])  # p-z failed
+
+    def work(repo: Path) -> dict:
+        """end_state, but for the config itself (engine.kind differs, and its commit)."""
+        state = end_state(repo)
+        state["tree"] = [line for line in git(repo, "ls-tree", "-r", "main").splitlines()
+                         if not line.endswith("\t.beads-runner.toml")]
+        state["subjects"] = [s for s in state["subjects"] if s != "Run on Hatchet"]
+        return state
+
+    state_local, state_hatchet = work(tmp_path / "local"), work(tmp_path / "hatchet")
     assert state_local == state_hatchet
     assert state_local["issues"]["p-x"][0] == "closed" and state_local["issues"]["p-z"][0] == "blocked"
