@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.conftest import BEADS_RUNNER, git, issue
 from tests.e2e.hatchet_real import Workers, hatchet_engine, use_hatchet  # noqa: F401 - session fixture
 from tests.e2e.test_reliability import Rig, agent_processes
-from tests.fakes.bd_standin import bd_json
+from tests.fakes.bd_standin import bd_json, logged_calls, write_faults
 
 pytestmark = pytest.mark.e2e
 
@@ -167,3 +167,27 @@ def test_a_crashed_session_is_retried_after_the_engines_backoff_and_lands(hrig):
     # Hatchet waits min(backoff_max, backoff_factor ** retry) = 2 s before the second try (engine.retry
     # defaults): the retry came no sooner (a lower bound, which load cannot make fail).
     assert starts[1] - starts[0] >= 2.0
+
+
+def test_a_step_past_its_timeout_is_cancelled_by_the_engine_and_retried(hrig):
+    config = hrig.repo / ".beads-runner.toml"
+    config.write_text(config.read_text().replace("[engine]\n", '[engine]\nstep_timeout = "4s"\n', 1))
+    git(hrig.repo, "commit", "-q", "-am", "short steps")
+    # bd's close hangs once for longer than the commit step may take: Hatchet cancels the step, and
+    # its retry finds the landed commit and closes the issue, once.
+    faults = write_faults(hrig.tmp / "faults.json", {"command": "close", "kind": "sleep", "seconds": 12})
+    hrig.workers.env = hrig.env(BD_STANDIN_FAULTS=str(faults))
+    issue_id = hrig.issue("Quick work", "write")
+    hrig.workers.start("w1")
+    result = hrig.run(timeout=300, BD_STANDIN_FAULTS=str(faults))
+    assert result.returncode == 0, result.stdout[-3000:] + hrig.logs()
+    assert len(hrig.commits_for(issue_id)) == 1
+    shown = issue(hrig.repo, issue_id)
+    assert shown["status"] == "closed" and hrig.commits_for(issue_id)[0][:8] in shown["close_reason"]
+    events = [json.loads(line) for line in (hrig.repo / ".beads-runner" / "logs" / "runner.jsonl").read_text()
+              .splitlines() if line.startswith("{")]
+    commit_tries = {e.get("attempt") for e in events if e.get("step") == "commit" and e.get("run_id")}
+    assert 2 in commit_tries, sorted(commit_tries)  # the hung try was cancelled; the retry went on
+    assert "cancel step run" in hrig.workers.log("w1")  # the engine's timeout reached the worker
+    assert [c for c in logged_calls(hrig.tmp / "bd.log") if c[:1] == ["close"]]
+    assert len(hrig.started(issue_id)) == 1  # one session: only the commit step was tried again
