@@ -39,7 +39,7 @@ from beads_runner.daemon import PollResult, Runner
 from beads_runner.errors import RunnerError
 from beads_runner.services import Services
 from workflows.local import RunView, StepView
-from workflows.spec import StepFailed, StepSpec, WorkflowSpec
+from workflows.spec import StepDeferred, StepFailed, StepParked, StepSpec, WorkflowSpec
 from workflows.task_flow import TASK_FLOW
 
 log = structlog.get_logger("beads_runner.hatchet")
@@ -371,9 +371,25 @@ class _Pool:
             return self._pool
 
 
+class _WaitThenAgain(Exception):
+    """A step parked (a provider's limit) or deferred (its worktree busy): Hatchet has no such state,
+    so the task waits in place, without spending a try, and runs the step again."""
+
+    def __init__(self, step_error: StepFailed, until: float | None):
+        super().__init__(step_error.reason)
+        self.step_error = step_error
+        self.until = until
+
+
 def _call_step(spec: StepSpec, inp: BaseModel, sctx: HatchetStepContext) -> BaseModel:
     try:
         return spec.fn(inp, sctx)
+    except StepParked as exc:
+        sctx.log("step parked; waiting in place", reason=exc.reason, until=exc.until)
+        raise _WaitThenAgain(exc, exc.until) from exc
+    except StepDeferred as exc:
+        sctx.log("step deferred; waiting in place", reason=exc.reason, delay=exc.delay)
+        raise _WaitThenAgain(exc, time.time() + exc.delay) from exc
     except StepFailed as exc:
         sctx.log("step failed", reason=exc.reason, retryable=exc.retryable)
         raise to_hatchet_error(exc, sctx.attempt) from exc
@@ -400,9 +416,30 @@ async def _run_in_thread(pool: _Pool, fn: Callable[..., Any], *args: Any, cancel
             watcher.cancel()
 
 
+WAIT_STEP = 2.0  # how often a waiting task looks again (and keeps its timeout pushed out)
+
+
+async def _wait(sctx: HatchetStepContext, until: float | None, admitted: Callable[[], bool] | None) -> None:
+    """Wait until `until` (None: no time set) and, with `admitted`, until it says yes (no park in
+    force, the daily budget not spent), pushing the step's timeout out meanwhile. Cancellation ends
+    the wait like any await."""
+    refreshed = time.monotonic()
+    while True:
+        due = until is None or time.time() >= until
+        if due and (admitted is None or await asyncio.to_thread(admitted)):
+            return
+        if until is None and admitted is None:
+            return
+        await asyncio.sleep(WAIT_STEP)
+        if time.monotonic() - refreshed >= REFRESH_EVERY / 2:
+            refreshed = time.monotonic()
+            await asyncio.to_thread(sctx._channel.refresh, REFRESH_EVERY)
+
+
 def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FLOW,
                    channel: Callable[[Any], Channel] = HatchetChannel, refresh_every: float = REFRESH_EVERY,
-                   guard: Callable[[str, str], str | None] | None = None):
+                   guard: Callable[[str, str], str | None] | None = None,
+                   admit: Callable[[str], bool] | None = None):
     """The Hatchet workflow for `flow`, with the policies of `config`. Registers nothing by itself."""
     from hatchet_sdk import ConcurrencyExpression, ConcurrencyLimitStrategy, Context, ParentCondition
     from hatchet_sdk.rate_limit import RateLimit
@@ -468,7 +505,19 @@ def build_workflow(hatchet: Any, config: Config, *, flow: WorkflowSpec = TASK_FL
                     # A session another worker started in this worktree and then died with: kill it
                     # before this attempt starts another there. One worktree, one agent.
                     await asyncio.to_thread(procreg.reap_orphans)
-                return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel, watch=watch)
+                until: float | None = time.time()
+                while True:
+                    if session and admit is not None:
+                        await _wait(sctx, until, lambda: admit(spec.concurrency_key or ""))
+                    elif until is not None:
+                        await _wait(sctx, until, None)
+                    try:
+                        return await _run_in_thread(pool, _call_step, spec, input, sctx, cancel=sctx.cancel,
+                                                    watch=watch)
+                    except _WaitThenAgain as again:
+                        until = again.until
+                        if until is None and not (session and admit is not None):
+                            until = time.time() + 30  # nothing to ask when it may go on: look again later
             finally:
                 sctx.close()
                 sctx._bound.debug("step left", elapsed_s=round(time.monotonic() - started, 3))
@@ -622,7 +671,14 @@ def check_same_definition(hatchet: Any, services: Services, flow: WorkflowSpec =
 def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
     """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
     hatchet = hatchet or make_client(services)
-    wf = build_workflow(hatchet, services.config, guard=active_run_guard(hatchet, services))
+    from beads_runner.daemon import BudgetGuard
+    from beads_runner.parking import Admission
+
+    # No new session while the provider is parked or the daily budget is spent, as on the embedded
+    # engine (the parks and the spend are this machine's).
+    budget = BudgetGuard(services.config.agent.daily_budget_usd, services.state_dir)
+    admission = Admission(services.config, services.state_dir, budget_guard=budget)
+    wf = build_workflow(hatchet, services.config, guard=active_run_guard(hatchet, services), admit=admission.admit)
     worker = hatchet.worker(name or f"beads-runner-{socket.gethostname()}", slots=worker_slots(services.config),
                             workflows=[wf])
     return worker, wf

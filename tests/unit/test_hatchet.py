@@ -297,6 +297,31 @@ def test_retryable_step_failure_is_retried_by_hatchet():
     assert hb.decode_failure(str(info.value))[0].reason == "agent session failed: stalled"
 
 
+def test_a_parked_step_waits_in_place_and_runs_again_without_spending_a_try(monkeypatch):
+    from workflows.spec import StepParked
+
+    monkeypatch.setattr(hb, "WAIT_STEP", 0.05)
+    calls, admitted = [], []
+
+    def process(inp, ctx):
+        calls.append((time.time(), ctx.attempt))
+        if len(calls) == 1:
+            raise StepParked("parked: quota of scripted", until=time.time() + 0.3)
+        return ProcessOutput(summary="done after the park")
+
+    def admit(key):
+        admitted.append(key)
+        return len(admitted) > 2  # the park is still in force the first two times it is asked
+
+    wf = build(flow=_toy_flow(process), channel=RecordingChannel, admit=admit)
+    out = asyncio.run(wf.beads_tasks["process"].aio_mock_run(
+        TaskInput(issue_id="bd-9", repo="/r"), parent_outputs={"check-deps": {"proceed": True}}))
+    assert out.summary == "done after the park"
+    assert [a for _, a in calls] == [1, 1]  # one task attempt: the park spent no try
+    assert calls[1][0] - calls[0][0] >= 0.3  # not before the park's end
+    assert admitted and set(admitted) == {TASK_FLOW.step("process").concurrency_key}
+
+
 def test_cancelling_process_sets_the_cancel_event_and_the_step_stops():
     started, stopped = threading.Event(), threading.Event()
     ctxs = []
