@@ -24,6 +24,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,10 +73,13 @@ class Sandbox:
         # What lives under /tmp is hidden by the private /tmp: show again, read-only, what is needed
         # (the repository, the program and the files its command line names), then the writable
         # places over it.
-        ro = [*self.visible]
+        ro = [*self.visible, *_runner_paths()]
         exe = shutil.which(argv[0]) if argv else None
         if exe:
             ro.append(_real(Path(exe)).parent)
+            interpreter = _shebang(Path(exe))  # a script's interpreter may live under /tmp too
+            if interpreter is not None:
+                ro.append(_real(interpreter).parent)
         ro += [_real(Path(a)) for a in argv[1:] if os.path.isabs(a) and os.path.exists(a)]
         for path in _outermost(p for p in ro if _under(p, PRIVATE_TMP) and p.exists()):
             out += ["--ro-bind", str(path), str(path)]
@@ -99,6 +103,28 @@ class Sandbox:
 
 
 OFF = Sandbox("off")
+
+
+def _runner_paths() -> list[Path]:
+    """beads-runner's own installation: its checkout (the pinned opencode in node_modules, the tools
+    `make tools` built) and the Python it runs on. A checkout under /tmp would otherwise be hidden."""
+    paths = [Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.base_prefix)]
+    return [_real(p) for p in paths if p.exists()]
+
+
+def _shebang(path: Path) -> Path | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words:
+        return None
+    interpreter = Path(os.fsdecode(words[0]))
+    return interpreter if interpreter.is_absolute() and interpreter.exists() else None
 
 
 def _real(path: Path) -> Path:
