@@ -24,7 +24,6 @@ from beads_runner.tracker.jsonl import JsonlTracker
 from workflows import hatchet as hb
 from workflows.local import LocalEngine
 from workflows.task_flow import TASK_FLOW, TaskInput
-from tests.e2e.hatchet_real import hatchet_engine  # noqa: F401 - the real engine, a session fixture
 from tests.unit.test_hatchet import RecordingChannel, fake_token  # noqa: F401 - the fake token helper
 
 AGENT = textwrap.dedent("""\
@@ -126,7 +125,10 @@ def end_state(repo: Path) -> dict:
         issue = tracker.show(issue_id)
         issues[issue_id] = (issue.status, sorted(issue.labels), normalise(issue.close_reason),
                             [normalise(c["text"]) for c in tracker.comments(issue_id)])
-    return {"tree": git(repo, "rev-parse", "main^{tree}"), "issues": issues,
+    # The tree but for .beads/: the tracker's file carries second-precision timestamps (compared
+    # above, normalised, through the tracker itself).
+    tree = [line for line in git(repo, "ls-tree", "-r", "main").splitlines() if "\t.beads/" not in line]
+    return {"tree": tree, "issues": issues,
             "subjects": sorted(git(repo, "log", "main", "--format=%s").splitlines())}
 
 

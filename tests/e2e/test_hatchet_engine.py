@@ -18,7 +18,6 @@ from tests.e2e.conftest import OPENCODE, git
 from tests.e2e.hatchet_real import (
     BEADS_RUNNER,
     Workers,
-    hatchet_engine,  # noqa: F401 - the session fixture
     session_intervals_from,
     session_log_wrapper,
     use_hatchet,

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import BEADS_RUNNER, git, issue
-from tests.e2e.hatchet_real import Workers, hatchet_engine, use_hatchet  # noqa: F401 - session fixture
+from tests.e2e.hatchet_real import Workers, use_hatchet
 from tests.e2e.test_reliability import Rig, agent_processes
 from tests.fakes.bd_standin import bd_json, logged_calls, write_faults
 
