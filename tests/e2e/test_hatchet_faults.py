@@ -76,13 +76,20 @@ def test_a_second_submit_while_a_run_works_starts_no_second_session(hrig):
 
 
 def test_a_worker_killed_mid_session_lands_once_and_its_agent_is_reaped(hrig):
-    issue_id = hrig.issue("Long work", "sleep:12")
+    # Unconfined: under bubblewrap the agent dies with its worker (--die-with-parent), and this test
+    # would not see the reaper at work.
+    hrig.configure(sandbox="off")
+    use_hatchet(hrig.repo)
+    # Silent after its first line: an agent that kept printing would die of the broken pipe anyway.
+    issue_id = hrig.issue("Long work", "stall_once")
     w1 = hrig.workers.start("w1")
     start = hrig.start()
     hrig.wait_for(lambda: hrig.started(issue_id))
     assert agent_processes(str(hrig.tmp / "agent.py"))
     os.kill(w1.pid, signal.SIGKILL)  # the worker only: its agent, in a session of its own, lives on
     w1.wait()
+    time.sleep(1)
+    assert agent_processes(str(hrig.tmp / "agent.py"))  # orphaned, not dead with its worker
     hrig.workers.start("w1-restarted")  # reaps the orphan at start, then takes work again
     # The orphan is reaped at once; the engine hands the task to a worker only after its ~30 s heartbeat
     # timeout, so for a while no agent at all runs.
