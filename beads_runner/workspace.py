@@ -196,11 +196,16 @@ class Workspace:
         return sha
 
     def root_commit(self) -> str:
-        """The first commit of the target's history: the same in every clone of this repository."""
+        """The first commit of the target's history: the same in every clone of this repository.
+        Asked by every Hatchet client and engine adapter a process builds: read from git once."""
+        cached = getattr(self, "_root_commit", None)
+        if cached is not None:
+            return cached
         roots = self.repo.git.rev_list("--max-parents=0", self.base if self.push else self.target).split()
         if not roots:
             raise GitError(f"the target branch {self.target!r} has no commits", fix="commit something first")
-        return sorted(roots)[0]
+        self._root_commit: str = sorted(roots)[0]
+        return self._root_commit
 
     # --- worktrees -------------------------------------------------------------------------
     def ensure_worktree(self, issue_id: str) -> Path:
