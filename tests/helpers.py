@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -18,3 +19,21 @@ def new_repo(path: Path, *, branch: str = "main") -> Path:
     git(path, "config", "user.name", "Test User")
     git(path, "config", "user.email", "test@example.com")
     return path
+
+
+def processes_with(marker: str, wait: float = 0.0) -> list[int]:
+    """Pids of live processes whose command line contains `marker`. With `wait`, give processes that
+    are on their way out (a killed group, a pid namespace being torn down) up to that long to go."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    pass
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.1)

@@ -10,12 +10,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import BEADS_RUNNER, git, issue
+from tests.helpers import processes_with
 from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, standin_env
 
 
@@ -156,19 +156,8 @@ def test_start_refuses_when_no_sandbox_can_work_unless_the_user_chose_off(tmp_pa
 
 
 def _processes_with(marker: str) -> list[int]:
-    deadline = time.monotonic() + 5  # the pid namespace is torn down as the sandbox exits
-    while True:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                        pids.append(int(entry.name))
-                except OSError:
-                    pass
-        if not pids or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
+    return processes_with(marker, wait=5)  # the pid namespace is torn down as the sandbox exits
+
 
 
 def test_issues_whose_ids_look_like_flags_are_refused_with_a_comment_and_handed_to_a_person(tmp_path):

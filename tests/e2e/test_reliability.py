@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BEADS_RUNNER, git, issue, max_overlap
+from tests.helpers import processes_with
 from tests.fakes.bd_standin import bd_json, create_issue, logged_calls, make_beads_repo, standin_env, write_faults
 
 AGENT = textwrap.dedent("""\
@@ -146,15 +147,8 @@ class Rig:
 
 
 def agent_processes(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+    return processes_with(marker)
+
 
 
 def test_two_runners_on_one_repository_share_the_cap_and_never_the_same_issue(rig):

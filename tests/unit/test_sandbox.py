@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from beads_runner import sandbox
 from beads_runner.agent.process import run_supervised
 from quality_gates.gates import KEEP_HEAD, KEEP_TAIL, CommandGate
+from tests.helpers import processes_with
 
 
 def needs_bwrap() -> None:
@@ -35,20 +35,6 @@ def confined(tmp_path):
         sandbox.configure(sandbox.OFF)
 
 
-def processes_with(marker: str) -> list[int]:
-    deadline = time.monotonic() + 5  # a killed process may take a moment to leave /proc
-    while True:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                        pids.append(int(entry.name))
-                except OSError:
-                    pass
-        if not pids or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
 
 
 def test_off_leaves_the_command_as_it_is():
@@ -97,7 +83,7 @@ def test_a_gate_that_leaves_its_session_is_killed_and_its_output_kept(request, t
     report = CommandGate("leaky", ["sh", "-c", script]).run(tmp_path)
     assert report.status == "fail" and report.reason == "exited 1"
     assert "before" in report.output_tail and "FAILED: test_x" in report.output_tail
-    assert processes_with(f"sleep {marker}") == []
+    assert processes_with(f"sleep {marker}", wait=5) == []
 
 
 def test_huge_gate_output_keeps_its_head_and_tail_in_bounded_memory_and_log(tmp_path):
@@ -142,4 +128,4 @@ def test_an_unconfined_agent_that_leaves_its_session_leaves_nothing_running(tmp_
     outcome = run_supervised(["sh", "-c", "setsid sleep 391.75 & echo started"], cwd=tmp_path, env=dict(os.environ),
                              stdin_text="", timeout=60, stall_timeout=60)
     assert outcome.exit_code == 0 and "started" in outcome.output_tail
-    assert processes_with("sleep 391.75") == []
+    assert processes_with("sleep 391.75", wait=5) == []
