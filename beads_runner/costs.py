@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from beads_runner.agent.base import TokenUsage
 from beads_runner.agent.events import step_usage
 from beads_runner.config import STATE_DB
 
@@ -51,25 +52,23 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-@dataclass
-class Usage:
-    """Tokens and cost of one session (or a sum of them)."""
+class Usage(TokenUsage):
+    """Tokens, cost and steps of one session (or a sum of them): the agent's `TokenUsage` plus dollars."""
 
-    tokens: int = 0  # opencode's `total`
-    input: int = 0
-    output: int = 0
-    reasoning: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
     cost: float = 0.0
     steps: int = 0  # step_finish events counted
 
+    @property
+    def tokens(self) -> int:
+        """opencode's `total`."""
+        return self.total
+
     def add(self, other: Usage) -> None:
-        for name in ("tokens", "input", "output", "reasoning", "cache_read", "cache_write", "cost", "steps"):
+        for name in type(self).model_fields:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "input": self.input, "output": self.output, "reasoning": self.reasoning,
+        return {"tokens": self.total, "input": self.input, "output": self.output, "reasoning": self.reasoning,
                 "cache_read": self.cache_read, "cache_write": self.cache_write, "cost": round(self.cost, 6),
                 "steps": self.steps}
 
@@ -97,8 +96,7 @@ def step_finish_usage(event: dict[str, Any]) -> Usage | None:
         return None
     part = event.get("part") if isinstance(event.get("part"), dict) else {}
     tokens, cost = step_usage(part)  # the event's shape is known in one place: agent/events.py
-    return Usage(tokens=tokens.total, input=tokens.input, output=tokens.output, reasoning=tokens.reasoning,
-                 cache_read=tokens.cache_read, cache_write=tokens.cache_write, cost=cost, steps=1)
+    return Usage(**tokens.model_dump(), cost=cost, steps=1)
 
 
 def event_time(event: dict[str, Any]) -> float | None:
@@ -230,7 +228,7 @@ def sessions(state_dir: Path, *, run_id: str | None = None, since: float | None 
                 session.source, session.usage, session.by_day = "events", usage, by_day
         if session.source == "none" and note and note["notes"]:
             n = note["notes"]
-            usage = Usage(tokens=_int(n.get("tokens")), cost=_num(n.get("cost")))
+            usage = Usage(total=_int(n.get("tokens")), cost=_num(n.get("cost")))
             if usage.tokens or usage.cost:
                 when = note["finished_at"] or note["started_at"] or time.time()
                 session.source, session.usage, session.by_day = "notes", usage, {utc_day(when): usage}

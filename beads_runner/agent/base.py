@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 
 
 class TokenUsage(BaseModel):
+    """The tokens of one agent session (or a sum of them): the only token-count type of the runner
+    (`costs.Usage` adds the dollars and the step count to it)."""
+
     total: int = 0
     input: int = 0
     output: int = 0
@@ -23,7 +26,9 @@ class TokenUsage(BaseModel):
     cache_write: int = 0
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(**{k: getattr(self, k) + getattr(other, k) for k in TokenUsage.model_fields})
+        """The sum, of this one's type (a `costs.Usage` plus a `costs.Usage` keeps its cost and steps)."""
+        fields = type(self).model_fields
+        return type(self)(**{k: getattr(self, k) + getattr(other, k, 0) for k in fields})
 
 
 class ProviderRetry(BaseModel):

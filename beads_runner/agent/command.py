@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
+from beads_runner.agent.ending import supervisor_ending
 from beads_runner.agent.process import run_supervised
 from beads_runner.config import AgentConfig
 from beads_runner.errors import AgentUnavailable
@@ -107,13 +108,11 @@ class CommandAgent:
                 log.close()
 
         ok, reason, retryable = outcome.exit_code == 0, "", True
-        if outcome.timed_out:
-            ok, reason = False, f"session exceeded agent.timeout ({self.config.timeout:g}s) and was killed"
-        elif outcome.stalled:
-            ok, reason = False, (f"no output from {self.name} for {self.config.stall_timeout:g}s "
-                                 "(agent.stall_timeout); session killed")
-        elif outcome.cancelled:
-            ok, reason, retryable = False, "session cancelled", False
+        ending = supervisor_ending(timed_out=outcome.timed_out, stalled=outcome.stalled, cancelled=outcome.cancelled,
+                                   timeout=self.config.timeout, stall_timeout=self.config.stall_timeout,
+                                   silent=f"output from {self.name}", ended="killed")
+        if ending is not None:
+            ok, reason, retryable = False, ending.reason, ending.retryable
         elif outcome.exit_code != 0:
             code = outcome.exit_code
             reason = (f"{self.name} was killed by signal {-code}" if code is not None and code < 0

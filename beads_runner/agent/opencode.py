@@ -24,6 +24,7 @@ from typing import IO
 
 import beads_runner
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
+from beads_runner.agent.ending import Ending, limit_ending, supervisor_ending
 from beads_runner.agent.events import SessionEvents
 from beads_runner.agent.opencode_log import OpencodeLogWatch, log_dir
 from beads_runner.agent.permissions import HEADLESS_PERMISSION, asked_permission, permission_json, refused_permission
@@ -46,10 +47,6 @@ def _checkout_opencode() -> Path:
 
 def _usable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
-
-
-def _fmt_seconds(seconds: float) -> str:
-    return f"{seconds:g}s"
 
 
 class OpenCodeAgent:
@@ -207,27 +204,23 @@ class OpenCodeAgent:
                 late = classify(events.error.message)
             if late is not None and late.parks:
                 limit_seen.append(late)
+        ending = None
         if limit_seen:
             # The provider's limit is the cause, whatever ended the session (us, or the stall timeout
             # while opencode retried silently): not the failure.
-            ok, retryable = False, True
-            reason = f"the provider refused the session ({limit_seen[0].kind}): {limit_seen[0].message[:200]}"
-        elif outcome.timed_out:
-            ok, retryable = False, True
-            reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was killed"
-        elif outcome.stalled:
-            ok, retryable = False, True
-            reason = (f"no output from opencode for {_fmt_seconds(self.config.stall_timeout)} "
-                      "(agent.stall_timeout); session killed")
-        elif refused:
+            ending = limit_ending(limit_seen[0])
+        elif refused and not (outcome.timed_out or outcome.stalled):
             asked = asked_permission(list(outcome.stderr_tail))
             permission = refused[0] if asked is None or refused[0].startswith(asked) else f"{asked}: {refused[0]}"
-            ok, retryable = False, False
-            reason = (f"a permission refused a tool call: {permission}; the session was ended (a headless "
-                      "session is never granted a permission, so a retry would only repeat it)")
-        elif outcome.cancelled:
-            ok, retryable = False, False
-            reason = "session cancelled"
+            ending = Ending(f"a permission refused a tool call: {permission}; the session was ended (a headless "
+                            "session is never granted a permission, so a retry would only repeat it)", False)
+        else:
+            ending = supervisor_ending(timed_out=outcome.timed_out, stalled=outcome.stalled,
+                                       cancelled=outcome.cancelled, timeout=self.config.timeout,
+                                       stall_timeout=self.config.stall_timeout, silent="output from opencode",
+                                       ended="killed")
+        if ending is not None:
+            ok, reason, retryable = False, ending.reason, ending.retryable
         if not ok and reason.startswith("opencode exited") and outcome.stderr_tail:
             lines = [line.strip() for line in outcome.stderr_tail if line.strip()]
             last = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")

@@ -42,7 +42,8 @@ from typing import IO, Any
 from beads_runner.agent.base import EventCallback, ProviderRetry, SessionRequest, SessionResult
 from beads_runner.limits import ProviderLimit, classify
 from beads_runner.agent.events import SessionEvents
-from beads_runner.agent.opencode import TITLE_MAX, OpenCodeAgent, _fmt_seconds
+from beads_runner.agent.ending import Ending, limit_ending, supervisor_ending
+from beads_runner.agent.opencode import TITLE_MAX, OpenCodeAgent
 from beads_runner.agent.opencode_serve import EventStream, OpenCodeServer, ServerGone, Endpoint
 from beads_runner.config import AgentConfig
 
@@ -382,21 +383,14 @@ class OpenCodeServerAgent(OpenCodeAgent):
         if outcome.limit is None and not ok and events.error is not None:
             found = classify(events.error.message)  # e.g. a 401: opencode gives up and says so
             outcome.limit = found if found is not None and found.parks else None
-        if outcome.limit is not None:
-            ok, retryable = False, True
-            reason = f"the provider refused the session ({outcome.limit.kind}): {outcome.limit.message[:200]}"
-        elif outcome.timed_out:
-            ok, retryable = False, True
-            reason = f"session exceeded agent.timeout ({_fmt_seconds(self.config.timeout)}) and was aborted"
-        elif outcome.stalled:
-            ok, retryable = False, True
-            reason = (f"no event from the opencode server for {_fmt_seconds(self.config.stall_timeout)} "
-                      "(agent.stall_timeout); session aborted")
-        elif outcome.cancelled:
-            ok, retryable, reason = False, False, "session cancelled"
-        elif outcome.server_died:
-            ok, retryable = False, True
-            reason = f"lost the opencode server mid-session: {outcome.server_died}"
+        ending = limit_ending(outcome.limit) if outcome.limit is not None else supervisor_ending(
+            timed_out=outcome.timed_out, stalled=outcome.stalled, cancelled=outcome.cancelled,
+            timeout=self.config.timeout, stall_timeout=self.config.stall_timeout,
+            silent="event from the opencode server", ended="aborted")
+        if ending is None and outcome.server_died:
+            ending = Ending(f"lost the opencode server mid-session: {outcome.server_died}", True)
+        if ending is not None:
+            ok, reason, retryable = False, ending.reason, ending.retryable
         tail: list[str] = []
         if outcome.server_died:
             tail += [f"opencode serve: {line}" for line in server.tail()[-10:]]

@@ -148,3 +148,16 @@ def test_nothing_recorded_is_nothing_spent(tmp_path):
     assert costs.spent_today(tmp_path / "missing") == 0.0
     assert costs.totals_by_day(tmp_path / "missing") == {}
     assert costs.budget_status(0.01, tmp_path / "missing") == (0.0, 0.01, False)
+
+
+def test_usage_is_the_agents_token_type_plus_dollars():
+    from beads_runner.agent.base import TokenUsage
+
+    a = costs.Usage(total=10, input=6, output=4, cost=0.5, steps=1)
+    b = costs.Usage(total=5, cache_read=2, cost=0.25, steps=1)
+    assert isinstance(a, TokenUsage)
+    total = a + b
+    assert (total.tokens, total.input, total.cache_read, total.cost, total.steps) == (15, 6, 2, 0.75, 2)
+    a.add(b)
+    assert a == total
+    assert a.as_dict()["tokens"] == 15
