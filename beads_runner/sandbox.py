@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beads_runner import executables
 from beads_runner.errors import RunnerError
 
 MODES = ("auto", "bwrap", "off")
@@ -74,7 +75,7 @@ class Sandbox:
         # (the repository, the program and the files its command line names), then the writable
         # places over it.
         ro = [*self.visible, *_runner_paths()]
-        exe = shutil.which(argv[0]) if argv else None
+        exe = executables.find(argv[0], cwd if cwd is not None else ".", expand_user=False) if argv else None
         if exe:
             ro.append(_real(Path(exe)).parent)
             interpreter = _shebang(Path(exe))  # a script's interpreter may live under /tmp too

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from beads_runner import procreg, sandbox
+from beads_runner import executables, procreg, sandbox
 from quality_gates.baseline import compare, path_roots
 from quality_gates.change import Change, ChangeError, read_change, repo_toplevel, temporary_worktree
 from quality_gates.globs import matches, validate_globs
@@ -142,10 +141,7 @@ class _Outcome:
 
 def resolve_command(name: str, cwd: Path, path: str | None = None) -> str | None:
     """Where `name` (a gate's argv[0]) would be executed from in `cwd`, or None: no such program."""
-    if os.sep in name:
-        full = Path(name) if os.path.isabs(name) else Path(cwd) / name
-        return str(full) if full.is_file() and os.access(full, os.X_OK) else None
-    return shutil.which(name, path=path)
+    return executables.find(name, cwd, path=path, expand_user=False)  # no shell runs it: `~` is a name
 
 
 def missing_commands(gates: Sequence[Gate], where: Path) -> list[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import threading
 from collections import deque
 from pathlib import Path
 from typing import IO
 
+from beads_runner import executables
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.ending import supervisor_ending
 from beads_runner.agent.process import run_supervised
@@ -52,14 +52,10 @@ class CommandAgent:
 
     def resolve_executable(self) -> str:
         exe = self._split()[0]
-        if os.sep in exe or (os.altsep and os.altsep in exe):
-            path = Path(exe).expanduser()
-            if not path.is_absolute():
-                path = self.repo_root / path
-            if path.is_file() and os.access(path, os.X_OK):
-                return os.path.abspath(path)
+        found = executables.find(exe, self.repo_root)
+        path = executables.as_path(exe, self.repo_root)
+        if found is None and path is not None:
             raise AgentUnavailable(f"agent.command: {path} is not an executable file", fix=FIX)
-        found = shutil.which(exe)
         if found is None:
             raise AgentUnavailable(f"agent.command: {exe!r} is not on PATH", fix=FIX)
         return os.path.abspath(found)

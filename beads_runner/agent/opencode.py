@@ -16,13 +16,13 @@ that is reported as retryable. A data directory that has run one session is safe
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import IO
 
 import beads_runner
+from beads_runner import executables
 from beads_runner.agent.base import EventCallback, SessionRequest, SessionResult
 from beads_runner.agent.ending import Ending, limit_ending, supervisor_ending
 from beads_runner.agent.events import SessionEvents
@@ -45,10 +45,6 @@ def _checkout_opencode() -> Path:
     return Path(beads_runner.__file__).resolve().parents[1] / "node_modules" / ".bin" / "opencode"
 
 
-def _usable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 class OpenCodeAgent:
     name = "opencode"
 
@@ -63,24 +59,20 @@ class OpenCodeAgent:
         beads-runner checkout's node_modules/.bin/opencode."""
         command = self.config.command
         if command:
-            if os.sep in command or (os.altsep and os.altsep in command):
-                path = Path(command).expanduser()
-                if not path.is_absolute():
-                    path = self.repo_root / path
-                if _usable(path):
-                    return os.path.abspath(path)
+            found = executables.find(command, self.repo_root)
+            path = executables.as_path(command, self.repo_root)
+            if found is None and path is not None:
                 raise AgentUnavailable(f"agent.command {command!r}: {path} is not an executable file",
                                        fix=f"correct agent.command, or {INSTALL_FIX}")
-            found = shutil.which(command)
             if found:
                 return os.path.abspath(found)
             raise AgentUnavailable(f"agent.command {command!r} is not on PATH",
                                    fix=f"correct agent.command, or {INSTALL_FIX}")
-        found = shutil.which("opencode")
+        found = executables.find("opencode", self.repo_root)
         if found:
             return os.path.abspath(found)
         for candidate in (self.repo_root / "node_modules" / ".bin" / "opencode", _checkout_opencode()):
-            if _usable(candidate):
+            if executables.is_executable_file(candidate):
                 return os.path.abspath(candidate)
         raise AgentUnavailable("opencode was not found (not on PATH, not in node_modules/.bin)", fix=INSTALL_FIX)
 

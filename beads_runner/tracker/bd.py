@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from beads_runner import executables
 from beads_runner.config import STATE_DIR
 from beads_runner.ids import is_safe_issue_id
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerError, TrackerUnavailable
@@ -105,15 +105,11 @@ class BdTracker:
     def executable(self) -> str:
         """The bd executable this tracker runs (tracker.command, resolved), or TrackerUnavailable."""
         command = self.command
-        if os.sep in command or (os.altsep and os.altsep in command):
-            path = Path(command).expanduser()
-            if not path.is_absolute():
-                path = self.repo / path
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
+        found = executables.find(command, self.repo, path=(self.env.get("PATH") or os.environ.get("PATH")))
+        path = executables.as_path(command, self.repo)
+        if found is None and path is not None:
             raise TrackerUnavailable(f"the bd executable {str(path)!r} (tracker.command) does not exist or "
                                      "is not executable", fix=INSTALL_FIX)
-        found = shutil.which(command, path=(self.env.get("PATH") or os.environ.get("PATH")))
         if not found:
             raise TrackerUnavailable(f"the bd executable {command!r} (tracker.command) was not found on PATH",
                                      fix=INSTALL_FIX)
