@@ -35,6 +35,7 @@ from pathlib import Path
 import structlog
 
 from beads_runner.errors import RunnerError
+from beads_runner.versions import version_in
 
 log = structlog.get_logger("beads_runner.hatchet_local")
 
@@ -160,7 +161,7 @@ def find_engine_binaries(configured: str | None = None) -> dict[str, Path]:
 
 def find_pg_bin() -> Path:
     """The machine's PostgreSQL server binaries (Debian's `postgresql` package)."""
-    roots = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: _version_key(p.parent.name),
+    roots = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: version_in(p.parent.name),
                    reverse=True)
     for d in roots:
         if (d / "initdb").exists() and (d / "postgres").exists():
@@ -171,10 +172,6 @@ def find_pg_bin() -> Path:
     raise RunnerError("PostgreSQL's server binaries (initdb, postgres) are not installed",
                       fix="apt-get install postgresql (`make tools` does it as root), or set "
                           "engine.hatchet.database_url to a PostgreSQL ≥ 15 you run yourself")
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in name.split(".") if p.isdigit()) or (0,)
 
 
 def free_port(preferred: int | None = None) -> int:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+import tenacity
 
 from beads_runner.config import NotifyConfig
 
@@ -151,32 +152,60 @@ class Notifier:
                 if wanted:
                     self._deliver(endpoint, wanted)
 
+    def _post(self, endpoint: NotifyConfig, body: bytes) -> None:
+        """One POST; _NotDelivered says why not."""
+        try:
+            status = self.sender(endpoint.url, body, dict(endpoint.headers), endpoint.timeout)
+        except urllib.error.HTTPError as exc:
+            # A 4xx but for 408/429: the endpoint refuses this body, retrying cannot help.
+            refused = 400 <= exc.code < 500 and exc.code not in (408, 429)
+            raise _NotDelivered(f"HTTP {exc.code}", retryable=not refused) from None
+        except (OSError, ValueError) as exc:
+            raise _NotDelivered(str(exc)) from None
+        if not 200 <= status < 300:
+            raise _NotDelivered(f"HTTP {status}")
+
     def _deliver(self, endpoint: NotifyConfig, events: list[dict[str, Any]]) -> None:
         body = render_body(endpoint, events, self.repo)
-        delay = endpoint.backoff
-        for attempt in range(1, endpoint.retries + 2):
-            try:
-                status = self.sender(endpoint.url, body, dict(endpoint.headers), endpoint.timeout)
-                if 200 <= status < 300:
-                    self.delivered += len(events)
-                    return
-                problem = f"HTTP {status}"
-            except urllib.error.HTTPError as exc:
-                problem = f"HTTP {exc.code}"
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    attempt = endpoint.retries + 1  # the endpoint refuses this body: retrying cannot help
-            except (OSError, ValueError) as exc:
-                problem = str(exc)
-            if attempt > endpoint.retries:
-                break
+        problem = ""
+
+        def nap(seconds: float) -> None:
+            if self._stop.wait(seconds):  # closing: what is not delivered by now is given up
+                raise _Stopped
+
+        def will_retry(state: tenacity.RetryCallState) -> None:
+            nonlocal problem
+            problem = getattr(state.outcome.exception(), "problem", "") if state.outcome else ""
             log.warning("notification not delivered, will retry", url=endpoint.url, problem=problem,
-                        attempt=attempt, retry_in=delay)
-            if self._stop.wait(delay):
-                break
-            delay = min(delay * 2, 60.0)
+                        attempt=state.attempt_number, retry_in=state.upcoming_sleep)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, _NotDelivered) and exc.retryable),
+            stop=tenacity.stop_after_attempt(endpoint.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=endpoint.backoff, max=max(60.0, endpoint.backoff)),
+            sleep=nap, before_sleep=will_retry, reraise=True)
+        try:
+            retrying(self._post, endpoint, body)
+            self.delivered += len(events)
+            return
+        except _NotDelivered as exc:
+            problem = exc.problem
+        except _Stopped:
+            pass  # the problem of the last try stands
         self.failed += len(events)
         log.error("notification not delivered", url=endpoint.url, problem=problem,
                   events=[e["event"] for e in events])
+
+
+class _NotDelivered(Exception):
+    def __init__(self, problem: str, *, retryable: bool = True):
+        super().__init__(problem)
+        self.problem = problem
+        self.retryable = retryable
+
+
+class _Stopped(Exception):
+    """The notifier was closed while a retry waited."""
 
 
 class EngineEventFeed:

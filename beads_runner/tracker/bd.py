@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from filelock import FileLock, Timeout
 
 from beads_runner import executables
@@ -184,21 +185,23 @@ class BdTracker:
         if tail:
             argv += ["--", *tail]
         name = parse.describe_command(["bd", *args, *tail])
-        delay = self.busy_backoff
-        for attempt in range(1, self.busy_attempts + 1):
-            try:
-                return self._once(argv, name, expect_json, raw)
-            except TrackerBusy as exc:
-                if getattr(exc, "timed_out", False) or attempt == self.busy_attempts:
-                    if attempt > 1:
-                        exc.message = f"{exc.message} (after {attempt} attempts)"
-                        exc.args = (exc.message,)
-                    raise
-                if not retry_garbage and "not JSON" in exc.message:
-                    raise
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+
+        def worth_retrying(exc: BaseException) -> bool:
+            # A call stopped past its timeout may have been halfway through a write: never repeated.
+            return (isinstance(exc, TrackerBusy) and not getattr(exc, "timed_out", False)
+                    and (retry_garbage or "not JSON" not in exc.message))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(worth_retrying), stop=tenacity.stop_after_attempt(self.busy_attempts),
+            wait=tenacity.wait_exponential(multiplier=self.busy_backoff), sleep=time.sleep, reraise=True)
+        try:
+            return retrying(self._once, argv, name, expect_json, raw)
+        except TrackerBusy as exc:
+            tries = retrying.statistics.get("attempt_number", 1)
+            if tries > 1 and (getattr(exc, "timed_out", False) or tries == self.busy_attempts):
+                exc.message = f"{exc.message} (after {tries} attempts)"
+                exc.args = (exc.message,)
+            raise
 
     def changed_store_at(self, mtime_ns: int) -> bool:
         """A file under .beads/ modified at `mtime_ns` was (very likely) this runner's own doing: it

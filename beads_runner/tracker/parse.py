@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from beads_runner import versions
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerError, TrackerUnavailable
 from beads_runner.tracker.base import Blocker, Issue
 
@@ -375,17 +376,9 @@ def parse_store_mode(data: Any) -> str:
     return str(backend) if isinstance(backend, str) and backend else "unknown"
 
 
-def version_tuple(version: str) -> tuple[int, int, int]:
-    """"1.0.3" → (1, 0, 3); unparseable → (0, 0, 0)."""
-    m = _VERSION.search(version or "")
-    if not m:
-        return (0, 0, 0)
-    major, minor, patch = m.groups()
-    return (int(major), int(minor), int(patch or 0))
-
-
 def at_least(version: str, *wanted: int) -> bool:
-    return version_tuple(version) >= tuple(wanted) + (0,) * (3 - len(wanted))
+    """Whether bd's `version` ("1.0.3") is `wanted` (1, 0, 4) or later (compared in `beads_runner.versions`)."""
+    return versions.at_least(version, *wanted)
 
 
 def first(items: Iterable[Issue], issue_id: str) -> Issue | None:
