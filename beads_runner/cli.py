@@ -99,15 +99,10 @@ def init(ctx: click.Context, force: bool, print_only: bool) -> None:
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
     """Check git, the tracker, the agent, the config and the engine; say how to fix each problem."""
-    from beads_runner.doctor import run_checks
+    from beads_runner.doctor import render_checks, run_checks
 
     checks = run_checks(ctx.obj["repo"])
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        mark = "ok  " if c.ok else "FAIL"
-        click.echo(f"[{mark}] {c.name.ljust(width)}  {c.detail}")
-        if not c.ok and c.fix:
-            click.echo(f"       {' ' * width}  fix: {c.fix}")
+    click.echo(render_checks(checks, terminal=sys.stdout.isatty()))
     sys.exit(0 if all(c.ok for c in checks) else 1)
 
 

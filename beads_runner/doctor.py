@@ -20,7 +20,7 @@ class Check:
     fix: str | None = None
 
 
-def _attempt(name: str, fn) -> Check:
+def _check(name: str, fn) -> Check:
     try:
         return Check(name, True, fn())
     except RunnerError as exc:
@@ -54,7 +54,7 @@ def run_checks(repo: Path) -> list[Check]:
         return f"{repo} on git {svc.workspace.repo.git.version().removeprefix('git version ')}; " \
                f"target {config.land.target} at {sha[:8]}"
 
-    checks.append(_attempt("git", git_check))
+    checks.append(_check("git", git_check))
 
     def tracker_check() -> str:
         version = svc.tracker.version()
@@ -66,7 +66,7 @@ def run_checks(repo: Path) -> list[Check]:
             name = f"jsonl at {config.tracker.path}"
         return f"{name}; {len(ready)} issue(s) ready"
 
-    checks.append(_attempt("tracker", tracker_check))
+    checks.append(_check("tracker", tracker_check))
 
     def agent_check() -> str:
         agent = svc.agent
@@ -76,7 +76,7 @@ def run_checks(repo: Path) -> list[Check]:
         mode = f" (mode {config.agent.mode})" if config.agent.kind == "opencode" else ""
         return f"{config.agent.kind} {version} at {exe}{mode}; model {model}"
 
-    checks.append(_attempt("agent", agent_check))
+    checks.append(_check("agent", agent_check))
 
     def engine_check() -> str:
         if config.engine.kind == "hatchet":
@@ -95,7 +95,7 @@ def run_checks(repo: Path) -> list[Check]:
         db.close()
         return f"local (SQLite at {state / 'state.db'}), max_sessions={config.engine.max_sessions}"
 
-    checks.append(_attempt("engine", engine_check))
+    checks.append(_check("engine", engine_check))
 
     if config.engine.kind == "hatchet" and config.land.push:
         def shared_tracker_check() -> str:
@@ -108,7 +108,7 @@ def run_checks(repo: Path) -> list[Check]:
             return ("bd: every machine must reach the same bd database (bd's server mode or a shared Dolt remote); "
                     "claims are read back, so a stale copy loses the claim rather than working an issue twice")
 
-        checks.append(_attempt("shared tracker", shared_tracker_check))
+        checks.append(_check("shared tracker", shared_tracker_check))
 
     def gates_check() -> str:
         if not config.gates:
@@ -121,12 +121,37 @@ def run_checks(repo: Path) -> list[Check]:
                               fix="install the tool or correct its `run` in .beads-runner.toml")
         return ", ".join(f"{g.name}: {g.run}" for g in config.gates)
 
-    checks.append(_attempt("gates", gates_check))
+    checks.append(_check("gates", gates_check))
 
     def sandbox_check() -> str:
         from beads_runner import sandbox
 
         return sandbox.resolve(config.sandbox, repo).describe()
 
-    checks.append(_attempt("sandbox", sandbox_check))
+    checks.append(_check("sandbox", sandbox_check))
     return checks
+
+
+def render_checks(checks: list[Check], *, terminal: bool) -> str:
+    """The checks as a table: `[ok  ]`/`[FAIL]`, the name, what was found and, for a problem, its fix.
+
+    On a terminal it fits the width (long details wrap in their column) and FAIL is red; in a pipe
+    each row stays on its line, uncoloured, so that `grep` finds it."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("mark", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for c in checks:
+        detail = Text(c.detail)
+        if not c.ok and c.fix:
+            detail.append(f"\nfix: {c.fix}")
+        table.add_row(Text("[ok  ]" if c.ok else "[FAIL]", style="" if c.ok else "bold red"), Text(c.name), detail)
+    console = Console(width=None if terminal else 100_000, force_terminal=terminal or None,
+                      color_system="auto" if terminal else None, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in captured.get().rstrip("\n").splitlines())
