@@ -15,7 +15,7 @@ import click
 from beads_runner import __version__
 from beads_runner.config import load_config
 from beads_runner.errors import ConfigError, RunnerError
-from beads_runner.logs import configure_logging
+from beads_runner.logs import configure_logging, default_to_stderr
 from beads_runner.safe_text import one_line, printable
 from beads_runner.services import Services, register_services
 
@@ -68,12 +68,7 @@ class _Group(click.Group):
 def main(ctx: click.Context, repo: str | None, verbose: bool) -> None:
     """Turn ready beads issues into landed, gated commits written by OpenCode."""
     ctx.ensure_object(dict)
-    # Until a command configures logging (start, worker), warnings go to stderr, never into the
-    # output a script reads (status --json, logs --json).
-    import structlog
-
-    if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    default_to_stderr()
     ctx.obj["repo"] = _repo_root(repo)
     ctx.obj["verbose"] = verbose
 

@@ -263,17 +263,24 @@ class Runner:
                 continue
             if self.engine.active_run(issue.id):
                 continue  # its run holds the claim already
-            try:
-                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
-            except RunnerError:
-                self._release_unsubmitted(issue.id)
-                raise
+            run_id, created = self._submit(issue.id)
             if created:
-                self.submitted.append(run_id)
                 result.submitted.append(run_id)
                 log.info("claimed and submitted", issue_id=issue.id, run_id=run_id, title=issue.title[:80])
             free -= 1
         return result
+
+    def _submit(self, issue_id: str) -> tuple[str, bool]:
+        """A run for the claimed issue (or its active one: created False). If the engine refuses,
+        the claim is released, so the issue is not left in progress with no run."""
+        try:
+            run_id, created = self.engine.submit(TaskInput(issue_id=issue_id, repo=str(self.services.repo)))
+        except RunnerError:
+            self._release_unsubmitted(issue_id)
+            raise
+        if created:
+            self.submitted.append(run_id)
+        return run_id, created
 
     def _claim_next(self):
         """The next ready issue, claimed. With trust settings (tracker.require_labels,
@@ -348,14 +355,9 @@ class Runner:
                 # Tell the tracker now, if it listens again.
                 self._deliver_local_handover(last[0])
                 continue
-            try:
-                run_id, created = self.engine.submit(TaskInput(issue_id=issue.id, repo=str(self.services.repo)))
-            except RunnerError:
-                self._release_unsubmitted(issue.id)
-                raise
+            run_id, created = self._submit(issue.id)
             if created:
                 log.info("took back a stale claim", issue_id=issue.id, run_id=run_id)
-                self.submitted.append(run_id)
                 submitted.append(run_id)
         return submitted
 

@@ -70,6 +70,23 @@ def _remove_ours(root: logging.Logger) -> None:
             handler.close()
 
 
+def _add(root: logging.Logger, handler: logging.Handler, level: int, *processors: Any) -> None:
+    """One of our handlers: structlog's and stdlib's records rendered by `processors`."""
+    handler.setLevel(level)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *processors],
+        foreign_pre_chain=_shared))
+    handler._beads_runner = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+
+
+def default_to_stderr() -> None:
+    """Before a command configures logging (start, worker): warnings go to stderr, never into the
+    output a script reads (status --json, logs --json)."""
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
 def configure_logging(log_dir: Path | None, *, console: bool = True, verbose: bool = False,
                       max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
     """Route structlog through stdlib logging to the console (stderr) and, if `log_dir` is given, to
@@ -85,25 +102,13 @@ def configure_logging(log_dir: Path | None, *, console: bool = True, verbose: bo
     _remove_ours(root)
     root.setLevel(logging.DEBUG)
     if console:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-        handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _for_people,
-                        _console_renderer()],
-            foreign_pre_chain=_shared))
-        handler._beads_runner = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+        _add(root, logging.StreamHandler(sys.stderr), logging.DEBUG if verbose else logging.INFO,
+             _for_people, _console_renderer())
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(log_dir / LOG_FILE, maxBytes=max_bytes,
-                                                       backupCount=backups, encoding="utf-8")
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.JSONRenderer(default=str)],
-            foreign_pre_chain=_shared))
-        handler._beads_runner = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+        _add(root, logging.handlers.RotatingFileHandler(log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backups,
+                                                        encoding="utf-8"),
+             logging.DEBUG, structlog.processors.JSONRenderer(default=str))
     for noisy in ("git", "urllib3", "filelock", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -45,6 +45,7 @@ from beads_runner.agent.events import SessionEvents
 from beads_runner.agent.ending import Ending, limit_ending, supervisor_ending
 from beads_runner.agent.opencode import TITLE_MAX, OpenCodeAgent
 from beads_runner.agent.opencode_serve import EventStream, OpenCodeServer, ServerGone, Endpoint
+from beads_runner.agent.process import call_guarded
 from beads_runner.config import AgentConfig
 
 SUBSCRIBE_TIMEOUT = 30.0  # from GET /event to its `server.connected` event
@@ -209,11 +210,7 @@ class OpenCodeServerAgent(OpenCodeAgent):
                 logfile.flush()
             events.add(event)
             if on_event is not None:
-                try:
-                    on_event(event)
-                except Exception as exc:  # a faulty callback must not stop the supervision
-                    if len(callback_errors) < 5:
-                        callback_errors.append(f"event callback raised {type(exc).__name__}: {exc}")
+                call_guarded(on_event, event, callback_errors, "event")
 
         session_id = request.session_id
         server.enter(workdir)

@@ -47,6 +47,15 @@ class ProcessOutcome:
         return self.timed_out or self.stalled or self.cancelled
 
 
+def call_guarded(callback: Callable[[object], None], value: object, errors: list[str], what: str) -> None:
+    """Call a caller's callback; a faulty one must not stop the supervision: its first errors are kept."""
+    try:
+        callback(value)
+    except Exception as exc:
+        if len(errors) < 5:
+            errors.append(f"{what} callback raised {type(exc).__name__}: {exc}")
+
+
 def run_supervised(
     argv: Sequence[str],
     *,
@@ -109,11 +118,7 @@ def run_supervised(
                 else:
                     counts["stdout"] += 1
             if callback is not None:
-                try:
-                    callback(line)
-                except Exception as exc:  # a faulty callback must not stop the supervision
-                    if len(callback_errors) < 5:
-                        callback_errors.append(f"{stream_name} callback raised {type(exc).__name__}: {exc}")
+                call_guarded(callback, line, callback_errors, stream_name)
 
     threads = [
         threading.Thread(target=feed_stdin, name="agent-stdin", daemon=True),
