@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from beads_runner import executables, procreg, sandbox
+from beads_runner import executables
+from beads_runner.supervisor import supervise
 from quality_gates.baseline import compare, path_roots
 from quality_gates.change import Change, ChangeError, read_change, repo_toplevel, temporary_worktree
 from quality_gates.globs import matches, validate_globs
@@ -162,49 +162,22 @@ def run_command(argv: Sequence[str], cwd: Path, *, timeout: float, env: dict[str
 
     It runs in the active sandbox (`beads_runner.sandbox`), which lets it write only in `cwd`."""
     started = time.monotonic()
-    tag = procreg.new_tag()
-    environ = {**os.environ, **(env or {}), procreg.TAG_VAR: tag}
+    environ = {**os.environ, **(env or {})}
     if resolve_command(argv[0], cwd, environ.get("PATH")) is None:
         return _Outcome("", None, 0.0, start_error=f"cannot run {argv[0]!r}: no such command "
                                                    f"(not on PATH, not a file in {cwd})")
+    captured = BoundedOutput()
     try:
-        proc = subprocess.Popen(
-            sandbox.wrap(argv, cwd=cwd), cwd=cwd, env=environ, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        ended = supervise(argv, what="gate", cwd=cwd, env=environ, timeout=timeout, cancel=cancel,
+                          stdout=lambda pipe: captured.drain(pipe.fileno()))
     except OSError as exc:
         return _Outcome("", None, time.monotonic() - started,
                         start_error=f"cannot run {argv[0]!r}: {exc.strerror or exc}")
-    captured = BoundedOutput()
-    stdout = proc.stdout
-    assert stdout is not None
-    reader = threading.Thread(target=captured.drain, args=(stdout.fileno(),), daemon=True)
-    reader.start()
-    deadline = started + timeout
-    timed_out = cancelled = False
-    # Recorded while it runs, so a runner killed with SIGKILL does not leave the gate running.
-    with procreg.registered(proc.pid, f"gate {argv[0]}"):
-        try:
-            while not procreg.exited(proc.pid):
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                elif time.monotonic() >= deadline:
-                    timed_out = True
-                if timed_out or cancelled:
-                    break
-                time.sleep(0.05)
-        finally:
-            # On a limit, on Ctrl-C in `beads-runner gates`, and after a normal exit (whatever the
-            # command left running in its group, a daemonised server say): the group goes, once;
-            # and so does whatever left the group (setsid) but carries the gate's tag.
-            procreg.kill_group(proc, 3.0 if (timed_out or cancelled) else 0.0)
-            procreg.kill_tagged(tag)
-    reader.join(timeout=5)  # what was read so far is kept even if something still holds the pipe
     output = captured.text()
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(output, encoding="utf-8")
-    return _Outcome(output, proc.returncode, time.monotonic() - started, timed_out, cancelled)
+    return _Outcome(output, ended.exit_code, time.monotonic() - started, ended.timed_out, ended.cancelled)
 
 
 class CommandGate:
