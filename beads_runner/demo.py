@@ -29,6 +29,7 @@ import click
 from beads_runner.config import CONFIG_FILE, STATE_DIR, load_config
 from beads_runner.daemon import Runner
 from beads_runner.errors import RunnerError
+from beads_runner.gitcmd import run_git
 from beads_runner.logs import configure_logging
 from beads_runner.sandbox import SandboxUnavailable
 from beads_runner.scripted_model import ScriptedModelServer
@@ -111,7 +112,10 @@ def demo_script(delay: float = 0.0) -> dict:
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+    result = run_git(args, cwd=repo)
+    if not result.ok:
+        raise RunnerError(f"git {' '.join(args[:2])} failed in {repo}: {result.message()}")
+    return result.stdout.decode("utf-8", "replace")
 
 
 def build_sample_repo(repo: Path, fresh: bool = True, engine: str = "local") -> JsonlTracker:

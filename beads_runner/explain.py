@@ -188,12 +188,8 @@ def _branch_kept(svc: Services, issue_id: str) -> str | None:
     try:
         ws = svc.workspace
         branch = ws.branch(issue_id)
-        import subprocess
-
-        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd=svc.repo,
-                               capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-        return branch if found.returncode == 0 else None
-    except (RunnerError, OSError):
+        return branch if ws.rev(f"refs/heads/{branch}") is not None else None
+    except RunnerError:
         return None
 
 

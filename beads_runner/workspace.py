@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import stat
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -23,8 +22,8 @@ from pathlib import Path
 import git
 from filelock import FileLock
 
-from beads_runner import procreg
 from beads_runner.errors import GitError
+from beads_runner.gitcmd import GitNotRun, GitStopped, run_git
 from beads_runner.ids import require_safe_issue_id
 from beads_runner.safe_text import SUBJECT_TITLE_MAX, one_line, printable
 from quality_gates.change import read_chunks
@@ -32,9 +31,6 @@ from quality_gates.change import read_chunks
 BRANCH_PREFIX = "beads-runner/"
 # Paths the runner never commits: the tracker's own files and the runner's state.
 NEVER_COMMIT = (".beads", ".beads-runner")
-# On every git call of the runner: repository hooks never run (the agent's change, or anything that
-# wrote into .git, must not get the runner to execute it), nor does an fsmonitor command.
-SAFE_GIT_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 _FALLBACK_IDENTITY = {"GIT_AUTHOR_NAME": "beads-runner", "GIT_AUTHOR_EMAIL": "beads-runner@localhost",
                       "GIT_COMMITTER_NAME": "beads-runner", "GIT_COMMITTER_EMAIL": "beads-runner@localhost"}
 
@@ -138,32 +134,17 @@ class Workspace:
         filter, a remote that never answers) ends when the step running it is cancelled (its timeout,
         a stop): see `cancel_with`."""
         where = cwd or self.root
-        environ = {**os.environ, **self._env, **(env or {}), "LANGUAGE": "C", "LC_ALL": "C",
-                   "GIT_TERMINAL_PROMPT": "0"}
-        cancel = getattr(_step, "cancel", None)
         try:
-            # Its own session, like bd: a signal to the runner's group must not kill git mid-write
-            # (a half-written ref or a left index.lock); the runner stops after the call instead.
-            proc = subprocess.Popen(["git", *SAFE_GIT_CONFIG, *args], cwd=where, env=environ,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True)
-        except OSError as exc:
+            result = run_git(args, cwd=where, env={**self._env, **(env or {})}, cancel=getattr(_step, "cancel", None))
+        except GitNotRun as exc:
             raise GitError(f"cannot run git: {exc}", fix="install git and make sure it is on PATH") from None
-        while True:
-            try:
-                out, err = proc.communicate(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.is_set():
-                    procreg.kill_group(proc, 3.0)  # SIGTERM first: git removes its lock files
-                    raise GitError(f"git {' '.join(args[:3])} was stopped: the step was cancelled or timed out "
-                                   "while git ran", fix=f"if git blocks in {where} (a filter, a remote that never "
-                                   "answers), fix that; the next attempt runs it again") from None
-        stdout = out.decode("utf-8", "surrogateescape")
-        stdout = stdout[:-1] if stdout.endswith("\n") else stdout
-        if proc.returncode == 0:
-            return stdout
-        detail = (err.decode("utf-8", "replace") or stdout).strip()
+        except GitStopped:
+            raise GitError(f"git {' '.join(args[:3])} was stopped: the step was cancelled or timed out "
+                           "while git ran", fix=f"if git blocks in {where} (a filter, a remote that never "
+                           "answers), fix that; the next attempt runs it again") from None
+        if result.ok:
+            return result.text()
+        detail = result.message()
         fix = None
         if "index.lock" in detail:
             lock = re.search(r"'([^']*index\.lock)'", detail)

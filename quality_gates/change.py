@@ -1,7 +1,7 @@
 """The change under review, read from git: every file the worktree differs in from the merge-base with
 the target, committed or not, untracked included (ignored files excluded), with line counts and added lines.
 
-Plain `git` subprocesses (argv, no shell), so the gates do not depend on the runner's Workspace.
+git runs through `beads_runner.gitcmd` (argv, no shell, no hooks), not the runner's Workspace.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from beads_runner.gitcmd import GitNotRun, GitStopped, run_git
 
 GIT_TIMEOUT = 120.0
 SNIFF_BYTES = 8000  # git's own test for binary content: a NUL byte in the first 8000 bytes
@@ -29,19 +30,17 @@ class ChangeError(Exception):
 
 
 def git(workdir: Path, *args: str, timeout: float = GIT_TIMEOUT) -> str:
-    """Run git in `workdir`; its stdout, or ChangeError with git's message."""
-    # No repository hook runs (a baseline `worktree add` would run post-checkout), nor an fsmonitor.
-    argv = ["git", "-c", "core.quotepath=off", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
-            *args]
+    """Run git in `workdir` (the runner's one git runner: no hook runs, a baseline `worktree add`
+    would run post-checkout, nor an fsmonitor); its stdout, or ChangeError with git's message."""
     try:
-        proc = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        result = run_git(args, cwd=workdir, env={"GIT_OPTIONAL_LOCKS": "0"}, config=("-c", "core.quotepath=off"),
+                         timeout=timeout)
+    except (GitNotRun, GitStopped) as exc:
         raise ChangeError(f"git {' '.join(args[:2])} failed: {exc}") from None
-    if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
+    if not result.ok:
+        msg = result.stderr.decode("utf-8", "replace").strip() or f"exit {result.returncode}"
         raise ChangeError(f"git {' '.join(args[:2])} failed: {msg}")
-    return proc.stdout.decode("utf-8", "surrogateescape")
+    return result.stdout.decode("utf-8", "surrogateescape")
 
 
 def resolve_target(workdir: Path, target: str) -> str:
