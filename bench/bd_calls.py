@@ -36,7 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.run import BEADS_RUNNER, PY, RESULTS, _loadavg, machine_facts, percentile, wait_for
+from bench.machine import machine_facts
+from bench.report import publish, save_raw, timed, write_section
+from bench.rig import BEADS_RUNNER, PY, RESULTS, wait_for
+from bench.stats import percentile
 from tests.bd_backends import BdBackend, real_backend, standin_backend
 from tests.realtools import BD_HOW, bd_path
 
@@ -62,7 +65,7 @@ def label(bd: BdBackend) -> str:
     return "bd stand-in (tests/fakes/bd)"
 
 
-def timed(bd: BdBackend, repo: Path, args: Sequence[str]) -> float:
+def call_seconds(bd: BdBackend, repo: Path, args: Sequence[str]) -> float:
     """Seconds one bd call takes, argv exactly as BdTracker builds it (a text after `--` goes last);
     fails loudly on an error."""
     head, dashdash, tail = list(args), [], []
@@ -93,7 +96,7 @@ def bench_latency(bd: BdBackend, workdir: Path, n: int) -> dict[str, dict[str, f
     calls: dict[str, list[float]] = {}
 
     def measure(name: str, argvs: Sequence[Sequence[str]]) -> None:
-        calls[name] = [timed(bd, repo, args) for args in argvs]
+        calls[name] = [call_seconds(bd, repo, args) for args in argvs]
 
     measure("ready (the list)", [["ready", "--limit", "0", "--exclude-type", "epic"]] * n)
     measure("show", [["show", i] for i in shown])
@@ -221,12 +224,12 @@ def bench_backlog(bd: BdBackend, workdir: Path, total: int, ready: int, pickups:
     assert len(listed) == ready, f"expected {ready} ready issues, bd lists {len(listed)}"
     some = listed[0]["id"]
     latency = {
-        "ready (the list)": stats([timed(bd, repo, ["ready", "--limit", "0", "--exclude-type", "epic"])
+        "ready (the list)": stats([call_seconds(bd, repo, ["ready", "--limit", "0", "--exclude-type", "epic"])
                                    for _ in range(n)]),
-        "ready --claim (nothing to claim)": stats([timed(bd, repo, ["ready", "--claim", "--exclude-type", "epic"])
-                                                   for _ in range(n)]),
-        "show": stats([timed(bd, repo, ["show", some]) for _ in range(n)]),
-        "list --status in_progress": stats([timed(bd, repo, ["list", "--status", "in_progress", "--limit", "0"])
+        "ready --claim (nothing to claim)": stats([
+            call_seconds(bd, repo, ["ready", "--claim", "--exclude-type", "epic"]) for _ in range(n)]),
+        "show": stats([call_seconds(bd, repo, ["show", some]) for _ in range(n)]),
+        "list --status in_progress": stats([call_seconds(bd, repo, ["list", "--status", "in_progress", "--limit", "0"])
                                             for _ in range(n)]),
     }
     daemon_log = workdir / f"backlog-{bd.name}-daemon.log"
@@ -316,13 +319,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_results(text: str, path: Path = RESULTS) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new, encoding="utf-8")
+    write_section(text, path, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,22 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             scenarios = (("latency", bench_latency, (n,)), ("flow", bench_flow, (3 if q else 6,)),
                          ("backlog", bench_backlog, (total, ready, 3 if q else 5, 3 if q else 5)))
             for name, fn, extra in scenarios:
-                print(f"[bench] {row['label']}: {name} …", file=sys.stderr, flush=True)
-                t = time.time()
-                row[name] = fn(bd, workdir, *extra)
-                print(f"[bench] {row['label']}: {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+                timed(row, name, fn, bd, workdir, *extra, shown=f"{row['label']}: {name}")
             results["bds"].append(row)
     results["seconds"] = time.time() - started
-    results["loadavg_end"] = _loadavg()
-    text = render(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    if args.no_write:
-        print(text)
-    else:
-        write_results(text, args.results)
-        print(text)
-    return 0
+    save_raw(results, started, args.json, "beads-bench-bd-last.json")
+    return publish(render(results), write=not args.no_write, path=args.results, begin=BEGIN, end=END)
 
 
 if __name__ == "__main__":

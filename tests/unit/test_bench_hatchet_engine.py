@@ -1,16 +1,17 @@
-"""bench/hatchet_engine.py's report: its shape from made-up figures, the verdicts, and its own place in
-RESULTS.md. Structure only: no engine runs and nothing is timed."""
+"""bench/hatchet_engine.py's report (bench/hatchet_report.py, on bench/hatchet_record.py): its shape
+from made-up figures, the verdicts, and its own place in RESULTS.md. Structure only: no engine runs and
+nothing is timed."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from bench import hatchet_engine as bench
+from bench import hatchet_engine, hatchet_record, hatchet_report
 
 
 def test_smoke_report_has_a_column_per_row_and_every_measure():
-    text = bench.render(bench.smoke_results())
-    assert text.startswith(bench.BEGIN) and text.rstrip().endswith(bench.END)
+    text = hatchet_report.render(hatchet_report.smoke_results())
+    assert text.startswith(hatchet_report.BEGIN) and text.rstrip().endswith(hatchet_report.END)
     header = next(line for line in text.splitlines() if line.startswith("| measure |"))
     assert header == ("| measure | embedded engine (SQLite) | Hatchet, 1 worker | Hatchet, 2 workers | target |")
     for measure in ("pickup p50 / p95", "runner overhead per issue", "dispatch per step p50 / p95, idle",
@@ -28,15 +29,15 @@ def test_smoke_report_has_a_column_per_row_and_every_measure():
 
 
 def test_smoke_mode_prints_without_an_engine(capsys):
-    assert bench.main(["--smoke"]) == 0
+    assert hatchet_engine.main(["--smoke"]) == 0
     assert "## The runner on a real Hatchet engine" in capsys.readouterr().out
 
 
 def test_task_names_and_the_engines_timestamps():
-    assert bench._task_name("check-deps-1796090831507") == "check-deps"
-    assert bench._task_name("commit") == "commit"
-    assert bench._ts(dt.datetime(1, 1, 1, tzinfo=dt.UTC)) is None  # Hatchet's "never"
-    assert bench._ts(dt.datetime(2026, 12, 1, tzinfo=dt.UTC)) > 0
+    assert hatchet_record._task_name("check-deps-1796090831507") == "check-deps"
+    assert hatchet_record._task_name("commit") == "commit"
+    assert hatchet_record._ts(dt.datetime(1, 1, 1, tzinfo=dt.UTC)) is None  # Hatchet's "never"
+    assert hatchet_record._ts(dt.datetime(2026, 12, 1, tzinfo=dt.UTC)) > 0
 
 
 def test_dispatch_gaps_from_step_times():
@@ -44,13 +45,13 @@ def test_dispatch_gaps_from_step_times():
                     "inserted": 10.0 + i - 0.03,
                     "events": {"QUEUED": 9.98 + i, "ASSIGNED": 9.99 + i, "SENT_TO_WORKER": 9.995 + i,
                                "STARTED": 10.0 + i}}
-             for i, name in enumerate(bench.STEPS)}
+             for i, name in enumerate(hatchet_record.STEPS)}
     runs = {"a": {"status": "succeeded", "created": 9.9, "steps": steps}}
-    gaps = bench.step_gaps(runs, ["a"], include_cap_wait=False)
+    gaps = hatchet_record.step_gaps(runs, ["a"], include_cap_wait=False)
     assert "check-deps→process" not in [k for k, v in gaps.items() if v]
     assert [round(x, 3) for x in gaps["process→verify"]] == [0.5]
     assert [round(x, 3) for x in gaps["submitted→check-deps"]] == [0.1]
-    engine = bench.engine_dispatch(runs, ["a"], children=("verify", "commit"))
+    engine = hatchet_record.engine_dispatch(runs, ["a"], children=("verify", "commit"))
     assert len(engine["queued→assigned"]) == 2
     assert [round(x, 3) for x in engine["parent finished→task inserted"]] == [0.47, 0.47]
 
@@ -58,9 +59,9 @@ def test_dispatch_gaps_from_step_times():
 def test_the_section_goes_before_the_analysis_and_is_replaced_in_place(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\ngenerated\n\n## Analysis\n\nby hand\n")
-    bench.write_results(bench.render(bench.smoke_results()), path)
+    hatchet_report.write_results(hatchet_report.render(hatchet_report.smoke_results()), path)
     first = path.read_text()
-    assert first.index(bench.BEGIN) < first.index("## Analysis") and first.endswith("by hand\n")
-    bench.write_results(f"{bench.BEGIN}\nnew\n{bench.END}", path)
+    assert first.index(hatchet_report.BEGIN) < first.index("## Analysis") and first.endswith("by hand\n")
+    hatchet_report.write_results(f"{hatchet_report.BEGIN}\nnew\n{hatchet_report.END}", path)
     second = path.read_text()
-    assert second.count(bench.BEGIN) == 1 and "\nnew\n" in second and "by hand" in second
+    assert second.count(hatchet_report.BEGIN) == 1 and "\nnew\n" in second and "by hand" in second

@@ -7,55 +7,55 @@ import os
 
 import pytest
 
-from bench import run as bench
+from bench import engine, machine, rig, run, stats, throughput
 from bench.baseline import sequential_loop
 
 
 def test_percentile_and_summary():
-    assert bench.percentile([3.0], 95) == 3.0
-    assert bench.percentile([1, 2, 3, 4, 5], 50) == 3
-    assert bench.percentile([0, 10], 95) == pytest.approx(9.5)
-    assert math.isnan(bench.percentile([], 50))
-    s = bench.summary([1, 2, 3])
+    assert stats.percentile([3.0], 95) == 3.0
+    assert stats.percentile([1, 2, 3, 4, 5], 50) == 3
+    assert stats.percentile([0, 10], 95) == pytest.approx(9.5)
+    assert math.isnan(stats.percentile([], 50))
+    s = stats.summary([1, 2, 3])
     assert s["n"] == 3 and s["p50"] == 2 and s["min"] == 1 and s["max"] == 3
-    assert bench.summary([]) == {"n": 0}
+    assert stats.summary([]) == {"n": 0}
 
 
 def test_busy_share_counts_only_time_with_work_waiting():
     # Three slots: full from 1 to 3; work waits from 0 to 2 → full for 1 s of the 2 s of waiting.
     sessions = [(0, 3), (1, 3), (1, 4)]
-    share = bench.busy_share(sessions, [(0, 2)], 3, 0, 4)
+    share = stats.busy_share(sessions, [(0, 2)], 3, 0, 4)
     assert share["waiting_s"] == pytest.approx(2)
     assert share["full_while_waiting_s"] == pytest.approx(1)
     assert share["share_full_while_waiting"] == pytest.approx(0.5)
     assert share["share_full_of_span"] == pytest.approx(0.5)
-    assert math.isnan(bench.busy_share(sessions, [], 3, 0, 4)["share_full_while_waiting"])
-    assert bench.max_overlap(sessions) == 3
+    assert math.isnan(stats.busy_share(sessions, [], 3, 0, 4)["share_full_while_waiting"])
+    assert stats.max_overlap(sessions) == 3
 
 
 def test_backlog_and_script_shapes():
-    items = bench.backlog(10)
+    items = throughput.backlog(10)
     assert [i for i, _, d in items if d] == ["bx-04", "bx-09"]
     assert items[4][2] == ["bx-03"]
-    script = bench.opencode_script(items[:2], 0.5)
+    script = throughput.opencode_script(items[:2], 0.5)
     assert [s["match"] for s in script["scenarios"]] == ["Issue bx-00 (", "Issue bx-01 ("]
     assert script["scenarios"][0]["delay"] == 0.5
 
 
 def test_verdicts_and_results_file(tmp_path):
-    assert bench.verdict(0.3, 1.0, False) == "met"
-    assert bench.verdict(1.5, 1.0, False).startswith("MISSED by 0.50")
-    assert bench.verdict(2.0, 2.7, True).startswith("MISSED")
-    assert bench.verdict(None, 1.0, False) == "not measured"
+    assert run.verdict(0.3, 1.0, False) == "met"
+    assert run.verdict(1.5, 1.0, False).startswith("MISSED by 0.50")
+    assert run.verdict(2.0, 2.7, True).startswith("MISSED")
+    assert run.verdict(None, 1.0, False) == "not measured"
     path = tmp_path / "RESULTS.md"
-    path.write_text(f"# R\n\nintro\n\n{bench.BEGIN}\nold\n{bench.END}\n\n## Analysis\nkept\n")
-    bench.write_results(f"{bench.BEGIN}\nnew\n{bench.END}", path)
+    path.write_text(f"# R\n\nintro\n\n{run.BEGIN}\nold\n{run.END}\n\n## Analysis\nkept\n")
+    run.write_results(f"{run.BEGIN}\nnew\n{run.END}", path)
     text = path.read_text()
     assert "new" in text and "old" not in text and "kept" in text and "intro" in text
 
 
 def test_engine_bench_on_a_few_runs(tmp_path):
-    result = bench.bench_engine(tmp_path, burst=5, sequential=2)
+    result = engine.bench_engine(tmp_path, burst=5, sequential=2)
     assert result["burst"]["runs"] == 5 and result["burst"]["runs_per_s"] > 0
     seq = result["sequential"]
     assert seq["runs"] == 2 and seq["step_to_next_step_ms"]["n"] == 6
@@ -66,27 +66,27 @@ def test_repo_and_the_sequential_loop_on_two_issues(tmp_path):
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     script = tmp_path / "agent.py"
-    script.write_text(bench.AGENT_SCRIPT)
-    repo = bench.make_repo(tmp_path / "repo", agent_script=script, stamps=stamps, gate=True)
-    issues = bench.Issues(repo, "jsonl")
+    script.write_text(rig.AGENT_SCRIPT)
+    repo = rig.make_repo(tmp_path / "repo", agent_script=script, stamps=stamps, gate=True)
+    issues = rig.Issues(repo, "jsonl")
     t = issues.create("bx-00", "First")
     issues.create("bx-01", "Second", deps=["bx-00"])
     assert t > 0
     out = sequential_loop(repo)
     assert [i["id"] for i in out["issues"]] == ["bx-00", "bx-01"]
     assert all(i["agent_start"] <= i["agent_end"] <= i["end"] for i in out["issues"])
-    assert bench.read_stamps(stamps, "bx-00") and bench.read_stamps(stamps, "bx-01", "end")
+    assert rig.read_stamps(stamps, "bx-00") and rig.read_stamps(stamps, "bx-01", "end")
     assert (repo / "work" / "bx-01.txt").exists()
-    assert bench.git(repo, "log", "--format=%s", "-1") == "Second (bx-01)"
+    assert rig.git(repo, "log", "--format=%s", "-1") == "Second (bx-01)"
 
 
 def test_rss_of_this_process():
-    assert (bench.rss_kb(os.getpid()) or 0) > 1000
-    assert isinstance(bench.descendants(os.getpid()), list)
-    facts = bench.machine_facts()
+    assert (machine.rss_kb(os.getpid()) or 0) > 1000
+    assert isinstance(machine.descendants(os.getpid()), list)
+    facts = machine.machine_facts()
     assert facts["nproc"] and facts["python"] and facts["command"].startswith("python")
 
 
 def test_turnover_measures_how_long_a_freed_slot_stays_empty():
     # Two slots: (0,2) and (0,5) run; the first ends at 2, the next starts at 2.5 while one still runs.
-    assert bench.turnover([(0, 2), (0, 5), (2.5, 4)], 2) == [pytest.approx(0.5)]
+    assert stats.turnover([(0, 2), (0, 5), (2.5, 4)], 2) == [pytest.approx(0.5)]
