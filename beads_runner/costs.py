@@ -1,6 +1,6 @@
 """Tokens and money spent by agent sessions: per session, per run, per UTC day, against a budget.
 
-Two sources, per session (a run's process attempt):
+Two sources, per attempt of a run's process step (its sessions: the first and the fix loop's):
 
 - the agent's raw event stream, `.beads-runner/runs/<run_id>/agent-<attempt>.ndjson`: opencode's
   `step_finish` events carry tokens (input, output, reasoning, cache read/write) and cost. The
@@ -75,7 +75,7 @@ class Usage(TokenUsage):
 
 @dataclass
 class Session:
-    """One agent session: a process attempt of a run."""
+    """The agent sessions of one attempt of a run's process step (one `agent-<attempt>.ndjson`)."""
 
     run_id: str
     attempt: int

@@ -266,7 +266,7 @@ def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watc
             seen["through"] = True  # the provider answered: sessions waiting on a probe may start
             Parking(svc.state_dir).got_through(provider_scope(svc.config))
         if event.get("type") == "provider_retry":  # agent.mode = "server": the provider fails, opencode retries
-            ctx.log("model provider failed, opencode retries", attempt=event.get("attempt"),
+            ctx.log("model provider failed, opencode retries", provider_retry=event.get("attempt"),
                     message=event.get("message"), next_ms=event.get("next"))
         if event.get("type") == "tool_use" and not seen["edited"]:
             seen["edited"] = True

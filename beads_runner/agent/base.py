@@ -35,9 +35,9 @@ class ProviderRetry(BaseModel):
     """The model provider failed and opencode will try again (agent.mode = "server" only: `run`
     does not show it). A quota that is used up shows as a run of these with the provider's message."""
 
-    attempt: int = 0  # opencode's retry count, 1 for the first retry
+    attempt: int = 0  # opencode's retry count (its own word), 1 for the first retry; not an engine attempt
     message: str = ""  # the provider's error message, e.g. "Rate limit exceeded (HTTP 429)"
-    next_at: float | None = None  # when the next attempt is due (Unix seconds)
+    next_at: float | None = None  # when opencode tries again (Unix seconds)
 
 
 class SessionRequest(BaseModel):

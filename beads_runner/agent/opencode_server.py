@@ -21,8 +21,8 @@ The stream is translated into exactly the events `opencode run --format json` pr
 folded by the same `SessionEvents`, so the verdict rules are the same in both modes. A session ends
 when the server reports it idle. What `run` hides is kept: while opencode retries a failing
 provider, the server reports `session.status` "retry" with the provider's message and the time of
-the next attempt. Each becomes a `provider_retry` event (to `on_event` and the NDJSON log) and a
-`ProviderRetry` on the result; the stall clock waits for the announced next attempt.
+opencode's next try. Each becomes a `provider_retry` event (to `on_event` and the NDJSON log) and a
+`ProviderRetry` on the result; the stall clock waits for the announced next try.
 
 Nothing may wait on a person: every permission class is set explicitly on the session (the ones a
 non-interactive `run` would auto-reject are denied), and any permission or question the server asks
@@ -278,7 +278,7 @@ class OpenCodeServerAgent(OpenCodeAgent):
         tree = {session_id}
         started = time.monotonic()
         last_activity = time.monotonic()
-        retry_until = 0.0  # monotonic time of the provider's next attempt: silence until then is no stall
+        retry_until = 0.0  # monotonic time of opencode's next try: silence until then is no stall
         working = False  # the session was seen busy (or producing) after our prompt
         while True:
             now = time.monotonic()
