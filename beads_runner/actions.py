@@ -8,7 +8,6 @@ plain dict saying what it did.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from beads_runner.errors import GitError, IssueNotFound, RunnerError
 from beads_runner.ids import require_safe_issue_id
+from beads_runner.jsonfile import JsonFile
 from beads_runner.parking import Parking
 from beads_runner.services import Services
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
@@ -31,28 +31,15 @@ def person() -> str:
         return "someone"
 
 
-class RetryNote:
+class RetryNote(JsonFile):
     """Why an issue is being tried again, for its next session's prompt. A file beside the session
     memory; removed when the issue lands."""
 
     def __init__(self, state_dir: Path, issue_id: str):
-        self.path = Path(state_dir) / "retries" / f"{require_safe_issue_id(issue_id)}.json"
-
-    def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        super().__init__(Path(state_dir) / "retries" / f"{require_safe_issue_id(issue_id)}.json")
 
     def save(self, **fields: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(fields), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-    def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.write(fields)
 
 
 def retry_message(note: dict[str, Any]) -> str:

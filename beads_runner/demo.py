@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from beads_runner.config import CONFIG_FILE, STATE_DIR, load_config
+from beads_runner.environ import environment
 from beads_runner.daemon import Runner
 from beads_runner.errors import RunnerError
 from beads_runner.gitcmd import run_git
@@ -194,9 +195,7 @@ def run_demo(repo: Path, fresh: bool = True, delay: float = 0.0, engine: str = "
 
 def _run_embedded(repo: Path, env: dict[str, str]) -> tuple[int, float]:
     echo = click.echo
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         svc = register_services(Services(repo, load_config(repo)))
         try:
             echo(f"Sandbox: {svc.enter_sandbox().describe()}")
@@ -206,12 +205,6 @@ def _run_embedded(repo: Path, env: dict[str, str]) -> tuple[int, float]:
         started = time.monotonic()
         code = Runner(svc).run(once=True)
         return code, time.monotonic() - started
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- the demo on a local Hatchet engine ---------------------------------------------------------------

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import structlog
 
+from beads_runner.jsonfile import write_atomic
+
 log = structlog.get_logger("beads_runner.procreg")
 
 _dir: Path | None = None
@@ -133,9 +135,7 @@ def registered(pgid: int, what: str) -> Iterator[None]:
         path = directory / f"{me}-{pgid}.json"
         record = {"pgid": pgid, "start": start_ticks(pgid), "owner": me, "owner_start": start_ticks(me),
                   "what": what, "since": time.time()}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(record))
     try:
         yield
     finally:

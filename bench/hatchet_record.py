@@ -3,10 +3,10 @@ its latest run: created/finished and every step's times), and the dispatch gaps 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from beads_runner.environ import environment
 from bench.stats import between
 
 ROWS = (("embedded", 0), ("hatchet", 1), ("hatchet", 2))
@@ -43,9 +43,7 @@ def hatchet_runs(repo: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
     from beads_runner.services import Services
     from workflows.hatchet import hatchet_engine
 
-    saved = {k: os.environ.get(k) for k in env if k.startswith("HATCHET_CLIENT_")}
-    os.environ.update({k: env[k] for k in saved})
-    try:
+    with environment({k: v for k, v in env.items() if k.startswith("HATCHET_CLIENT_")}):
         engine = hatchet_engine(Services(repo, load_config(repo)))
         out: dict[str, dict[str, Any]] = {}
         for view in sorted(engine.runs(limit=500), key=lambda v: v.created_at):
@@ -81,12 +79,6 @@ def hatchet_runs(repo: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
                 info["landed"] = info["steps"]["commit"]["end"]  # closed just before: a late bound
             out[view.key] = info  # oldest first, so the newest run of an issue stays
         return out
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def engine_dispatch(runs: dict[str, dict[str, Any]], ids: list[str],

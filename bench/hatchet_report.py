@@ -84,7 +84,8 @@ def render(r: dict[str, Any]) -> str:
          [f"{_n(th[n].get('ratio_to_last_run_end'))}×" for n in names])
     out += ["", f"Pickup: {r.get('pickup_n')} issues per row, each created 0.2–1.0 s (random) after the previous one "
             "landed, on `beads-runner start` (default config, poll_interval 5 s); the agent stamps its start. "
-            f"Throughput: bench/throughput.py's backlog ({r.get('issues')} issues, every fifth depends on the one before), "
+            f"Throughput: bench/throughput.py's backlog ({r.get('issues')} issues, every fifth depends on the one "
+            "before), "
             f"agent sleeps {r.get('agent_sleep')} s, `beads-runner start --once`, max_sessions 3; the loop is "
             "bench/baseline.py (`bd ready` → agent → `git commit` → `bd close`, one at a time, no gates) on an "
             "identical repository, run once in the same run.", "",

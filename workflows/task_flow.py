@@ -8,7 +8,6 @@ finds what was already done and goes on.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from beads_runner.errors import (
     ClaimConflict, IssueNotFound, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable, UnsafeIdError,
 )
 from beads_runner.ids import require_safe_issue_id
+from beads_runner.jsonfile import JsonFile
 from beads_runner.prompt import load_template, render_prompt
 from beads_runner.reconcile import IssueWatch, check_issue
 from beads_runner.safe_text import one_line
@@ -172,29 +172,16 @@ def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
     return CheckDepsOutput(proceed=True, issue=issue)
 
 
-class SessionMemory:
+class SessionMemory(JsonFile):
     """The issue's agent session, on disk beside the worktree: written as soon as the session has
     an id, so an attempt after a crash, a stall or a failure continues that session (with its whole
     context) instead of starting from nothing. Engine-neutral: a file, not engine state."""
 
     def __init__(self, svc: Services, issue_id: str):
-        self.path = svc.state_dir / "sessions" / f"{require_safe_issue_id(issue_id)}.json"
-
-    def load(self) -> dict:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+        super().__init__(svc.state_dir / "sessions" / f"{require_safe_issue_id(issue_id)}.json")
 
     def save(self, **fields) -> None:
-        data = {**self.load(), **fields, "updated": time.time()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-    def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.write({**self.load(), **fields, "updated": time.time()})
 
 
 def continue_message(reason: str, changed: list[str]) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from beads_runner.supervisor import supervise
+from beads_runner.supervisor import Supervised, supervise
 
 LineCallback = Callable[[str], None]
 
@@ -27,20 +27,13 @@ MAX_LINE = 16 << 20  # bytes of one output line read at once (opencode's events 
 
 
 @dataclass
-class ProcessOutcome:
-    exit_code: int | None  # negative: killed by that signal
-    duration_s: float
-    timed_out: bool = False
-    stalled: bool = False
-    cancelled: bool = False
+class ProcessOutcome(Supervised):
+    """How the session's process ended (`Supervised`), and what it said."""
+
     stdout_lines: int = 0
     stderr_tail: list[str] = field(default_factory=list)  # the last lines of stderr
     output_tail: list[str] = field(default_factory=list)  # the last lines of stdout and stderr, interleaved
     callback_errors: list[str] = field(default_factory=list)
-
-    @property
-    def killed(self) -> bool:
-        return self.timed_out or self.stalled or self.cancelled
 
 
 def call_guarded(callback: Callable[[object], None], value: object, errors: list[str], what: str) -> None:
