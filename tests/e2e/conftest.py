@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from beads_runner.scripted_model import ScriptedModelServer
-from bench.run import max_overlap  # the benchmarks' interval arithmetic, shared
+from bench.stats import max_overlap  # the benchmarks' interval arithmetic, shared
 from tests.e2e.hatchet_real import hatchet_engine  # noqa: F401 - one real engine for the whole session
 from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, standin_env
 

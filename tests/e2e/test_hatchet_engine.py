@@ -13,7 +13,7 @@ import pytest
 
 from beads_runner.demo import ISSUES, build_sample_repo, demo_script
 from beads_runner.scripted_model import ScriptedModelServer
-from bench.run import max_overlap
+from bench.stats import max_overlap
 from tests.e2e.conftest import OPENCODE, git
 from tests.e2e.hatchet_real import (
     BEADS_RUNNER,
