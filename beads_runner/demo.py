@@ -232,7 +232,7 @@ class DemoProcesses:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str], *, to_terminal: bool = False) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        from beads_runner.hatchet_local import _die_with_parent
+        from beads_runner.hatchet_local import die_with_parent
 
         out = None if to_terminal else open(self.log(name), "ab")  # noqa: SIM115 - the child holds it
         try:
@@ -240,7 +240,7 @@ class DemoProcesses:
             proc = subprocess.Popen([*_beads_runner(), "--repo", str(self.repo), *args], env=env,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=None if to_terminal else subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+                                    start_new_session=True, preexec_fn=die_with_parent)
         finally:
             if out is not None:
                 out.close()
