@@ -141,15 +141,15 @@ def render_checks(checks: list[Check], *, terminal: bool) -> str:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
-    table.add_column("mark", no_wrap=True)
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column("check", no_wrap=True)
     table.add_column("detail", overflow="fold")
     for c in checks:
         detail = Text(c.detail)
         if not c.ok and c.fix:
             detail.append(f"\nfix: {c.fix}")
-        table.add_row(Text("[ok  ]" if c.ok else "[FAIL]", style="" if c.ok else "bold red"), Text(c.name), detail)
+        mark = ("[ok  ]", "") if c.ok else ("[FAIL]", "bold red")
+        table.add_row(Text.assemble(mark, " ", c.name), detail)
     console = Console(width=None if terminal else 100_000, force_terminal=terminal or None,
                       color_system="auto" if terminal else None, highlight=False)
     with console.capture() as captured:

@@ -8,7 +8,7 @@ def test_a_pipe_gets_one_uncoloured_line_per_check_and_the_fix_under_its_problem
               Check("tracker", False, "the bd executable 'no-such-bd' was not found on PATH", "install [bold]bd[/]"),
               Check("agent", True, "opencode " + "x" * 300)]
     lines = render_checks(checks, terminal=False).splitlines()
-    assert lines[0].startswith("[ok  ] config ") and lines[0].endswith("no config file: all defaults")
+    assert lines[0] == "[ok  ] config   no config file: all defaults"  # names padded to the longest, then two spaces
     assert lines[1].startswith("[FAIL] tracker ") and lines[1].endswith("'no-such-bd' was not found on PATH")
     assert lines[2].strip() == "fix: install [bold]bd[/]"  # text, not rich markup
     assert lines[2].index("fix:") == lines[1].index("the bd")  # in the detail column
