@@ -6,10 +6,8 @@ leading `"_type":"issue"`. Lines this tracker does not change are written back b
 changed issues keep their unknown fields and key order. Every read-modify-write holds a
 `filelock.FileLock` beside the file, and writes are atomic (temp file + os.replace).
 
-Readiness follows the contract's "What ready means" (bd computes it; here it is computed the
-same way): status exactly `open`, not pinned, not deferred into the future, not ephemeral, not an
-infrastructure type, not an epic, not blocked (an open `blocks`/`conditional-blocks` target, a
-blocked parent, a `waits-for` target with open children). Sorted by priority, then newest first.
+Readiness follows the contract's "What ready means", computed as bd does (jsonl_format.py, with
+the file's lines, ids and times).
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,193 +29,12 @@ from filelock import FileLock, Timeout
 
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerError, TrackerUnavailable
 from beads_runner.tracker import parse
-from beads_runner.tracker.base import BLOCKING_DEP_TYPES, INFRASTRUCTURE_TYPES, NEEDS_HUMAN_LABEL, Issue
+from beads_runner.tracker.base import NEEDS_HUMAN_LABEL, Issue
+from beads_runner.tracker.jsonl_format import (
+    Line, Store, base36, children_of, now_rfc3339, open_blockers, own_deps, ready_ids, uuid7,
+)
 
 LOCK_TIMEOUT = 30.0
-
-
-def now_rfc3339() -> str:
-    """The current time as bd writes it: RFC3339, UTC `Z`, second precision."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _truthy(value: Any) -> bool:
-    return value not in (None, False, 0, "", "0", "false")
-
-
-def _priority(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 2
-
-
-def _uuid7() -> str:
-    """A UUIDv7 string (bd 1.x comment ids)."""
-    ms = int(time.time() * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms << 80) | (0x7 << 76) | (((rand >> 64) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _base36(data: bytes) -> str:
-    n = int.from_bytes(data, "big")
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while n:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-    return out or "0"
-
-
-@dataclass
-class _Line:
-    text: str  # the line as read (without the newline); written back unless `obj` changed
-    obj: dict[str, Any] | None = None  # the issue, when the line is one
-    changed: bool = False
-
-
-class _Store:
-    """The parsed file: every line in order, issues indexed by id."""
-
-    def __init__(self, path: Path, lines: list[_Line]):
-        self.path = path
-        self.lines = lines
-        self.index: dict[str, dict[str, Any]] = {}
-        self.line_of: dict[str, int] = {}
-        for number, line in enumerate(lines):
-            if line.obj is not None and line.obj["id"] not in self.index:
-                self.index[line.obj["id"]] = line.obj
-                self.line_of[line.obj["id"]] = number
-
-    @property
-    def issues(self) -> list[dict[str, Any]]:
-        return list(self.index.values())
-
-    def get(self, issue_id: str) -> dict[str, Any]:
-        issue = self.index.get(issue_id)
-        if issue is None:
-            raise IssueNotFound(f"no issue {issue_id!r} in {self.path}",
-                                fix="check the id (the file lists every issue, one per line)")
-        return issue
-
-    def touch(self, issue: dict[str, Any]) -> None:
-        issue["updated_at"] = now_rfc3339()
-        self.lines[self.line_of[issue["id"]]].changed = True
-
-    def append(self, issue: dict[str, Any]) -> None:
-        self.lines.append(_Line(text="", obj=issue, changed=True))
-        self.index[issue["id"]] = issue
-        self.line_of[issue["id"]] = len(self.lines) - 1
-
-    @property
-    def dirty(self) -> bool:
-        return any(line.changed for line in self.lines)
-
-
-# -- readiness ------------------------------------------------------------------------------------
-
-
-def _own_deps(issue: dict[str, Any]) -> list[dict[str, Any]]:
-    deps = issue.get("dependencies")
-    if not isinstance(deps, list):
-        return []
-    return [
-        d for d in deps
-        if isinstance(d, dict) and d.get("depends_on_id") not in (None, "")
-        and str(d.get("issue_id") or issue["id"]) == issue["id"]
-    ]
-
-
-def _parent(issue: dict[str, Any]) -> str | None:
-    if issue.get("parent"):
-        return str(issue["parent"])
-    for dep in _own_deps(issue):
-        if dep.get("type") == "parent-child":
-            return str(dep["depends_on_id"])
-    return None
-
-
-def _open_blockers(index: dict[str, dict[str, Any]], issue: dict[str, Any]) -> list[str]:
-    """Ids of existing `blocks`/`conditional-blocks` targets that are not closed."""
-    found = []
-    for dep in _own_deps(issue):
-        if (dep.get("type") or "blocks") in BLOCKING_DEP_TYPES:
-            target = index.get(str(dep["depends_on_id"]))
-            if target is not None and target.get("status") != "closed":
-                found.append(target["id"])
-    return found
-
-
-def _blocked(index: dict[str, dict[str, Any]], issue: dict[str, Any], children: dict[str, list[str]],
-             seen: set[str] | None = None) -> bool:
-    seen = set() if seen is None else seen
-    if issue["id"] in seen:
-        return False
-    seen.add(issue["id"])
-    if _open_blockers(index, issue):
-        return True
-    for dep in _own_deps(issue):
-        if dep.get("type") == "waits-for":
-            kids = children.get(str(dep["depends_on_id"]), [])
-            if any(index[k].get("status") != "closed" for k in kids):
-                return True
-    parent = index.get(_parent(issue) or "")
-    return parent is not None and _blocked(index, parent, children, seen)
-
-
-def _children(index: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    children: dict[str, list[str]] = {}
-    for issue in index.values():
-        parent = _parent(issue)
-        if parent and parent != issue["id"]:
-            children.setdefault(parent, []).append(issue["id"])
-    return children
-
-
-def ready_ids(issues: Iterable[dict[str, Any]], *, at: datetime | None = None) -> list[str]:
-    """The ready work issues among raw issue dicts, in bd's default order (priority, newest)."""
-    issues = list(issues)
-    index: dict[str, dict[str, Any]] = {}
-    for issue in issues:
-        index.setdefault(issue["id"], issue)
-    children = _children(index)
-    moment = at or datetime.now(UTC)
-    position = {issue_id: n for n, issue_id in enumerate(index)}
-    ready = []
-    for issue in index.values():
-        if issue.get("status", "open") != "open" or _truthy(issue.get("pinned")) or _truthy(issue.get("ephemeral")):
-            continue
-        issue_type = issue.get("issue_type") or "task"
-        if issue_type in INFRASTRUCTURE_TYPES or issue_type == "epic":
-            continue
-        defer = _parse_time(issue.get("defer_until"))
-        if defer is not None and defer > moment:
-            continue
-        if _blocked(index, issue, children):
-            continue
-        ready.append(issue)
-
-    def order(issue: dict[str, Any]) -> tuple[int, float, int]:
-        created = _parse_time(issue.get("created_at"))
-        return (_priority(issue.get("priority")), -(created.timestamp() if created else 0.0),
-                -position[issue["id"]])
-
-    return [issue["id"] for issue in sorted(ready, key=order)]
-
-
-# -- the tracker ----------------------------------------------------------------------------------
 
 
 class JsonlTracker:
@@ -255,7 +70,7 @@ class JsonlTracker:
             "tracker.path in .beads-runner.toml (or use tracker.kind = \"bd\")",
         )
 
-    def _read(self) -> _Store:
+    def _read(self) -> Store:
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -263,10 +78,10 @@ class JsonlTracker:
         except (OSError, UnicodeDecodeError) as exc:
             raise TrackerUnavailable(f"cannot read {self.path}: {exc}", fix=f"make {self.path} a readable UTF-8 file") \
                 from None
-        lines: list[_Line] = []
+        lines: list[Line] = []
         for number, text in enumerate(raw.splitlines(), 1):
             if not text.strip():
-                lines.append(_Line(text=text))
+                lines.append(Line(text=text))
                 continue
             try:
                 obj = json.loads(text)
@@ -277,10 +92,10 @@ class JsonlTracker:
                         and obj.get("_type", "issue") == "issue")
             if is_issue:
                 obj["id"] = str(obj["id"])
-            lines.append(_Line(text=text, obj=obj if is_issue else None))
-        return _Store(self.path, lines)
+            lines.append(Line(text=text, obj=obj if is_issue else None))
+        return Store(self.path, lines)
 
-    def _write(self, store: _Store) -> None:
+    def _write(self, store: Store) -> None:
         out = []
         for line in store.lines:
             if line.obj is not None and line.changed:
@@ -303,23 +118,23 @@ class JsonlTracker:
             raise
 
     @contextlib.contextmanager
-    def _modify(self) -> Iterator[_Store]:
+    def _modify(self) -> Iterator[Store]:
         with self._locked():
             store = self._read()
             yield store
             if store.dirty:
                 self._write(store)
 
-    def _snapshot(self) -> _Store:
+    def _snapshot(self) -> Store:
         with self._locked():
             return self._read()
 
     # -- conversions --------------------------------------------------------------------------
 
-    def _issue(self, store: _Store, raw: dict[str, Any]) -> Issue:
+    def _issue(self, store: Store, raw: dict[str, Any]) -> Issue:
         """An Issue with blockers resolved against the store, as `bd show` would print it."""
         resolved = []
-        for dep in _own_deps(raw):
+        for dep in own_deps(raw):
             target = store.index.get(str(dep["depends_on_id"]))
             if target is None:
                 continue  # bd show only lists dependencies it can resolve
@@ -337,7 +152,7 @@ class JsonlTracker:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
             if not self.path.exists():
-                self._write(_Store(self.path, []))
+                self._write(Store(self.path, []))
 
     def ready(self, limit: int = 0) -> list[Issue]:
         store = self._snapshot()
@@ -401,9 +216,9 @@ class JsonlTracker:
             issue = store.get(issue_id)
             if issue.get("status") == "closed":
                 return self._issue(store, issue)
-            blockers = _open_blockers(store.index, issue)
+            blockers = open_blockers(store.index, issue)
             if issue.get("issue_type") == "epic":
-                blockers += [c for c in _children(store.index).get(issue_id, [])
+                blockers += [c for c in children_of(store.index).get(issue_id, [])
                              if store.index[c].get("status") != "closed"]
             if blockers:
                 raise parse.CloseBlocked(
@@ -422,7 +237,7 @@ class JsonlTracker:
             comments = issue.get("comments")
             if not isinstance(comments, list):
                 comments = []
-            comments.append({"id": _uuid7(), "issue_id": issue_id, "author": self.actor, "text": text,
+            comments.append({"id": uuid7(), "issue_id": issue_id, "author": self.actor, "text": text,
                              "created_at": now_rfc3339()})
             issue["comments"] = comments
             if "comment_count" in issue:
@@ -458,7 +273,7 @@ class JsonlTracker:
 
     # -- helpers for the demo and tests -------------------------------------------------------
 
-    def _prefix(self, store: _Store) -> str:
+    def _prefix(self, store: Store) -> str:
         if self.prefix:
             return self.prefix
         config = self.path.parent / "config.yaml"
@@ -471,9 +286,9 @@ class JsonlTracker:
         name = re.sub(r"[^A-Za-z0-9]+", "-", self.repo.resolve().name).strip("-").lower()
         return name or "bd"
 
-    def _new_id(self, store: _Store, title: str) -> str:
+    def _new_id(self, store: Store, title: str) -> str:
         prefix = self._prefix(store)
-        digest = _base36(hashlib.sha256(f"{title}|{time.time_ns()}|{secrets.token_hex(8)}".encode()).digest())
+        digest = base36(hashlib.sha256(f"{title}|{time.time_ns()}|{secrets.token_hex(8)}".encode()).digest())
         for length in range(4, 20):
             candidate = f"{prefix}-{digest[:length]}"
             if candidate not in store.index:
@@ -516,7 +331,7 @@ class JsonlTracker:
         with self._modify() as store:
             issue = store.get(issue_id)
             store.get(depends_on_id)
-            for dep in _own_deps(issue):
+            for dep in own_deps(issue):
                 if str(dep["depends_on_id"]) == depends_on_id:
                     if (dep.get("type") or "blocks") != type:
                         raise TrackerError(f"dependency {issue_id} -> {depends_on_id} already exists with type "
@@ -526,5 +341,5 @@ class JsonlTracker:
             deps.append(self._dep(issue_id, depends_on_id, type))
             issue["dependencies"] = deps
             if "dependency_count" in issue:
-                issue["dependency_count"] = len(_own_deps(issue))
+                issue["dependency_count"] = len(own_deps(issue))
             store.touch(issue)
