@@ -46,94 +46,13 @@ from beads_runner.agent.ending import Ending, limit_ending, supervisor_ending
 from beads_runner.agent.opencode import TITLE_MAX, OpenCodeAgent
 from beads_runner.agent.opencode_serve import EventStream, OpenCodeServer, ServerGone, Endpoint
 from beads_runner.agent.process import call_guarded
+from beads_runner.agent.permissions import permission_rules
+from beads_runner.agent.server_events import provider_retry, run_events, session_of
 from beads_runner.config import AgentConfig
 
 SUBSCRIBE_TIMEOUT = 30.0  # from GET /event to its `server.connected` event
 ABORT_WAIT = 10.0  # after POST /abort, how long the session may take to go idle before the server goes
 TICK = 0.1
-
-# Every permission class opencode 1.18.33 knows, set explicitly: what a non-interactive `opencode run`
-# allows (its config's "*": "allow") stays allowed; what it would ask (and then auto-reject) is denied,
-# so nothing waits for an answer. `OPENCODE_PERMISSION` (the environment or agent.env) overrides a
-# class, with "ask" read as "deny".
-ALLOWED_CLASSES = ("read", "edit", "glob", "grep", "list", "bash", "task", "todowrite", "todoread", "webfetch",
-                   "websearch", "codesearch", "lsp", "skill")
-DENIED_CLASSES = ("question", "plan_enter", "plan_exit", "doom_loop", "external_directory")
-
-
-def permission_rules(override: str | None) -> list[dict[str, str]]:
-    """The session's permission ruleset (opencode applies the last matching rule)."""
-    rules = [{"permission": "*", "pattern": "*", "action": "allow"}]
-    rules += [{"permission": name, "pattern": "*", "action": "allow"} for name in ALLOWED_CLASSES]
-    rules += [{"permission": name, "pattern": "*", "action": "deny"} for name in DENIED_CLASSES]
-    try:
-        user = json.loads(override) if override else {}
-    except json.JSONDecodeError:
-        user = {}
-    if isinstance(user, str):  # "allow" | "deny" | "ask" for everything
-        user = {"*": user}
-    if isinstance(user, dict):
-        for name, value in user.items():
-            patterns = value if isinstance(value, dict) else {"*": value}
-            for pattern, action in patterns.items():
-                if action in ("allow", "deny", "ask"):
-                    rules.append({"permission": str(name), "pattern": str(pattern),
-                                  "action": "deny" if action == "ask" else action})
-    return rules
-
-
-def run_events(raw: dict[str, Any], session_id: str, tree: set[str]) -> list[dict[str, Any]]:
-    """The `opencode run --format json` events one server event stands for (opencode's own mapping
-    in its `run` command), plus `provider_retry` for a retry status. Children of the session (the
-    `task` tool's subagents) are in `tree`; their parts, like `run`'s, are not ours to print."""
-    kind = raw.get("type")
-    props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
-    now = int(time.time() * 1000)
-
-    def event(name: str, **fields: Any) -> dict[str, Any]:
-        return {"type": name, "timestamp": now, "sessionID": session_id, **fields}
-
-    if kind == "session.created":
-        info = props.get("info") if isinstance(props.get("info"), dict) else {}
-        if info.get("parentID") in tree and isinstance(info.get("id"), str):
-            tree.add(info["id"])
-        return []
-    if kind == "message.part.updated":
-        part = props.get("part") if isinstance(props.get("part"), dict) else {}
-        if part.get("sessionID") != session_id:
-            return []
-        ptype = part.get("type")
-        state = part.get("state") if isinstance(part.get("state"), dict) else {}
-        if ptype == "tool" and state.get("status") in ("completed", "error"):
-            return [event("tool_use", part=part)]
-        if ptype == "step-start":
-            return [event("step_start", part=part)]
-        if ptype == "step-finish":
-            return [event("step_finish", part=part)]
-        if ptype == "text" and isinstance(part.get("time"), dict) and part["time"].get("end"):
-            return [event("text", part=part)]
-        return []
-    if kind == "session.error" and props.get("sessionID") == session_id and props.get("error"):
-        return [event("error", error=props["error"])]
-    if kind == "session.status" and props.get("sessionID") == session_id:
-        status = props.get("status") if isinstance(props.get("status"), dict) else {}
-        if status.get("type") == "retry":
-            return [event("provider_retry", attempt=status.get("attempt"), message=status.get("message") or "",
-                          next=status.get("next"))]
-    return []
-
-
-def _session_of(raw: dict[str, Any]) -> str | None:
-    props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
-    sid = props.get("sessionID")
-    if isinstance(sid, str):
-        return sid
-    for key in ("part", "info"):
-        inner = props.get(key)
-        if isinstance(inner, dict) and isinstance(inner.get("sessionID"), str):
-            return inner["sessionID"]
-    return None
-
 
 @dataclass
 class _Outcome:
@@ -300,7 +219,7 @@ class OpenCodeServerAgent(OpenCodeAgent):
                 if not server.alive():
                     why = f"the opencode server died ({why})"
                 raise ServerGone(why)
-            if _session_of(raw) in tree:
+            if session_of(raw) in tree:
                 last_activity = time.monotonic()
             kind = raw.get("type")
             props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
@@ -309,7 +228,7 @@ class OpenCodeServerAgent(OpenCodeAgent):
                 continue
             for event in run_events(raw, session_id, tree):
                 if event["type"] == "provider_retry":
-                    retry = _retry(event)
+                    retry = provider_retry(event)
                     outcome.retries.append(retry)
                     if retry.next_at is not None:
                         retry_until = time.monotonic() + max(0.0, retry.next_at - time.time())
@@ -409,16 +328,6 @@ class OpenCodeServerAgent(OpenCodeAgent):
             limit=({"kind": outcome.limit.kind, "message": outcome.limit.message, "reset_at": outcome.limit.reset_at}
                    if outcome.limit is not None else None),
         )
-
-
-def _retry(event: dict[str, Any]) -> ProviderRetry:
-    nxt = event.get("next")
-    attempt = event.get("attempt")
-    return ProviderRetry(
-        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
-        message=str(event.get("message") or ""),
-        next_at=nxt / 1000.0 if isinstance(nxt, (int, float)) and not isinstance(nxt, bool) and nxt > 0 else None,
-    )
 
 
 def _wait(flag: threading.Event, timeout: float, cancel: threading.Event | None) -> bool:

@@ -89,3 +89,33 @@ def asked_permission(stderr_lines: list[str]) -> str | None:
         if m := _ASKED.search(line):
             return m.group(1)
     return None
+
+
+# Every permission class opencode 1.18.33 knows, set explicitly: what a non-interactive `opencode run`
+# allows (its config's "*": "allow") stays allowed; what it would ask (and then auto-reject) is denied,
+# so nothing waits for an answer. `OPENCODE_PERMISSION` (the environment or agent.env) overrides a
+# class, with "ask" read as "deny".
+ALLOWED_CLASSES = ("read", "edit", "glob", "grep", "list", "bash", "task", "todowrite", "todoread", "webfetch",
+                   "websearch", "codesearch", "lsp", "skill")
+DENIED_CLASSES = ("question", "plan_enter", "plan_exit", "doom_loop", "external_directory")
+
+
+def permission_rules(override: str | None) -> list[dict[str, str]]:
+    """The session's permission ruleset (opencode applies the last matching rule)."""
+    rules = [{"permission": "*", "pattern": "*", "action": "allow"}]
+    rules += [{"permission": name, "pattern": "*", "action": "allow"} for name in ALLOWED_CLASSES]
+    rules += [{"permission": name, "pattern": "*", "action": "deny"} for name in DENIED_CLASSES]
+    try:
+        user = json.loads(override) if override else {}
+    except json.JSONDecodeError:
+        user = {}
+    if isinstance(user, str):  # "allow" | "deny" | "ask" for everything
+        user = {"*": user}
+    if isinstance(user, dict):
+        for name, value in user.items():
+            patterns = value if isinstance(value, dict) else {"*": value}
+            for pattern, action in patterns.items():
+                if action in ("allow", "deny", "ask"):
+                    rules.append({"permission": str(name), "pattern": str(pattern),
+                                  "action": "deny" if action == "ask" else action})
+    return rules

@@ -9,9 +9,9 @@ import json
 from beads_runner.agent import make_agent
 from beads_runner.agent.events import SessionEvents
 from beads_runner.agent.opencode import OpenCodeAgent
-from beads_runner.agent.opencode_server import (
-    ALLOWED_CLASSES, DENIED_CLASSES, OpenCodeServerAgent, _retry, permission_rules, run_events,
-)
+from beads_runner.agent.opencode_server import OpenCodeServerAgent
+from beads_runner.agent.permissions import ALLOWED_CLASSES, DENIED_CLASSES, permission_rules
+from beads_runner.agent.server_events import provider_retry, run_events
 from beads_runner.config import AgentConfig
 
 SID = "ses_1"
@@ -88,7 +88,7 @@ def test_retry_status_becomes_a_provider_retry_with_its_message_and_next_attempt
         "type": "retry", "attempt": 2, "message": "Rate limit exceeded (HTTP 429)", "next": 1_796_000_000_000}}}
     [event] = run_events(raw, SID, {SID})
     assert event["type"] == "provider_retry" and event["attempt"] == 2
-    retry = _retry(event)
+    retry = provider_retry(event)
     assert retry.attempt == 2 and retry.message == "Rate limit exceeded (HTTP 429)"
     assert retry.next_at == 1_796_000_000.0
     events = SessionEvents()
