@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,32 +11,17 @@ from pathlib import Path
 import click
 
 from beads_runner import __version__
-from beads_runner.config import load_config
-from beads_runner.errors import ConfigError, RunnerError
+from beads_runner.cli_context import repo_root as _repo_root
+from beads_runner.cli_context import services_of as _services
+from beads_runner.cli_hatchet import hatchet, worker
+from beads_runner.errors import RunnerError
 from beads_runner.logs import configure_logging, default_to_stderr
-from beads_runner.safe_text import one_line, printable
-from beads_runner.services import Services, register_services
-
-
-def _repo_root(path: str | None) -> Path:
-    """The repository: --repo, else the git toplevel of the cwd, else the cwd."""
-    start = Path(path or os.getcwd()).resolve()
-    for candidate in (start, *start.parents):
-        if (candidate / ".git").exists():
-            return candidate
-    return start
-
-
-def _services(ctx: click.Context) -> Services:
-    obj = ctx.obj
-    if "services" not in obj:
-        repo = obj["repo"]
-        obj["services"] = register_services(Services(repo, load_config(repo)))
-        if obj["services"].config.engine.kind == "hatchet":
-            from beads_runner.hatchet_local import load_client_env
-
-            load_client_env(obj["services"].state_dir)  # `hatchet up`'s settings, unless the user set a token
-    return obj["services"]
+from beads_runner.preflight import dry_run as _dry_run
+from beads_runner.preflight import install_signal_handlers as _install_signal_handlers
+from beads_runner.preflight import preflight as _preflight
+from beads_runner.preflight import print_outcome as _print_outcome
+from beads_runner.preflight import require_writable_state as _require_writable_state
+from beads_runner.safe_text import printable
 
 
 class _Group(click.Group):
@@ -129,75 +112,6 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     sys.exit(runner.run(once=once, poll_interval=poll_interval))
 
 
-def _require_writable_state(svc: Services) -> None:
-    """The runner keeps its state under .beads-runner/: unwritable, nothing could be recorded."""
-    probe = svc.state_dir / f".write-test-{os.getpid()}"
-    try:
-        svc.state_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as exc:
-        raise RunnerError(f"{svc.state_dir} is not writable: {exc.strerror or exc}",
-                          fix=f"make {svc.state_dir} writable by this user (free space, a writable mount), "
-                              "then start again") from None
-
-
-def _preflight(svc: Services) -> None:
-    """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
-    svc.workspace.check_target()
-    from quality_gates.gates import missing_commands
-
-    missing = missing_commands(svc.gates, svc.repo)
-    if missing:
-        raise ConfigError(f"gate command not found: {', '.join(missing)}",
-                          fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
-                              "(a relative path is taken from the repository root)")
-    svc.tracker.version()
-    resolve = getattr(svc.agent, "resolve_executable", None)
-    if resolve is not None:
-        resolve()
-
-
-def _install_signal_handlers(runner) -> None:
-    state = {"count": 0}
-
-    def handler(signum, _frame):
-        state["count"] += 1
-        if state["count"] == 1:
-            click.echo(f"\n{signal.Signals(signum).name}: no new claims; running sessions get "
-                       f"{runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)", err=True)
-            runner.request_stop()
-        else:
-            click.echo("stopping now; unfinished runs resume at the next start", err=True)
-            runner.engine.cancel_running()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _dry_run(svc: Services) -> None:
-    from beads_runner.ids import is_safe_issue_id
-    from beads_runner.prompt import load_template, render_prompt
-
-    issues = svc.tracker.ready()
-    cap = svc.config.engine.max_sessions
-    if not issues:
-        click.echo("nothing is ready")
-        return
-    click.echo(f"{len(issues)} ready; would claim up to {cap} now (nothing was changed):")
-    template = load_template(svc.state_dir)
-    for n, issue in enumerate(issues):
-        if not is_safe_issue_id(issue.id):
-            click.echo(f"  REFUSED {printable(repr(issue.id))}: not safe as a branch and path name")
-            continue
-        mark = "claim" if n < cap else "later"
-        click.echo(f"  [{mark}] {issue.id}  P{issue.priority}  {one_line(issue.title, 200)}")
-    first = next((i for i in issues if is_safe_issue_id(i.id)), None)
-    if first is not None:
-        click.echo(f"\n--- prompt for {first.id} ---")
-        click.echo(render_prompt(first, template, svc.config.land.target))
-
-
 @main.command()
 @click.argument("issue_id")
 @click.option("--wait", is_flag=True, help="Run it here and wait for the result.")
@@ -242,17 +156,6 @@ def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
     engine.stop()
     _print_outcome(view)
     sys.exit(0 if view.status == "succeeded" else 1)
-
-
-def _print_outcome(view) -> None:
-    if view.status == "succeeded":
-        out = view.outcome or {}
-        if out.get("skipped"):
-            click.echo(f"{view.key}: skipped ({out.get('reason')})")
-        else:
-            click.echo(f"{view.key}: {out.get('close_reason')}")
-    else:
-        click.echo(f"{view.key}: {view.status} at {view.failed_step}: {view.error}")
 
 
 @main.command()
@@ -476,52 +379,9 @@ def resume(ctx: click.Context, raise_budget: float | None) -> None:
     notifier.close()
 
 
-# --- hatchet ------------------------------------------------------------------------------------
-@main.command()
-@click.option("--name", default=None, help="Worker name (default: beads-runner-<host>).")
-@click.pass_context
-def worker(ctx: click.Context, name: str | None) -> None:
-    """Run the workflow's steps for a Hatchet engine (engine.kind = "hatchet")."""
-    from workflows.hatchet import run_worker
-
-    svc = _services(ctx)
-    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
-    svc.enter_sandbox()
-    run_worker(svc, name=name)
-
-
-# --- a local Hatchet engine ---------------------------------------------------------------------
-@main.group()
-def hatchet() -> None:
-    """A Hatchet engine on this machine, without Docker (see docs/hatchet.md)."""
-
-
-@hatchet.command("up")
-@click.option("--ready-timeout", type=float, default=180.0, show_default=True,
-              help="Seconds to wait for the engine to answer.")
-@click.pass_context
-def hatchet_up(ctx: click.Context, ready_timeout: float) -> None:
-    """Run a local Hatchet engine in the foreground until Ctrl-C or SIGTERM.
-
-    It writes the client settings to .beads-runner/hatchet/client.env, which start, worker, submit,
-    status, logs, review and doctor read when HATCHET_CLIENT_TOKEN is not set."""
-    from beads_runner.hatchet_local import serve
-
-    svc = _services(ctx)
-    configure_logging(svc.state_dir / "logs", verbose=ctx.find_root().obj["verbose"])
-    sys.exit(serve(svc.state_dir, svc.config.engine.hatchet, ready_timeout=ready_timeout))
-
-
-@hatchet.command("status")
-@click.pass_context
-def hatchet_status(ctx: click.Context) -> None:
-    """Say whether the local engine of this repository is up (exit 0) or not (exit 1)."""
-    from beads_runner.config import STATE_DIR
-    from beads_runner.hatchet_local import engine_status
-
-    up, text = engine_status(ctx.find_root().obj["repo"] / STATE_DIR)
-    click.echo(text)
-    sys.exit(0 if up else 1)
+# --- the Hatchet engine (cli_hatchet.py) --------------------------------------------------------
+main.add_command(worker)
+main.add_command(hatchet)
 
 
 # --- demo ---------------------------------------------------------------------------------------
