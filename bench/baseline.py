@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,7 @@ from beads_runner.agent.base import SessionRequest
 from beads_runner.config import load_config
 from beads_runner.prompt import load_template, render_prompt
 from beads_runner.services import Services
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL).stdout.strip()
+from bench.rig import git
 
 
 def sequential_loop(repo: Path) -> dict:

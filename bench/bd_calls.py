@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.machine import machine_facts
 from bench.report import publish, save_raw, timed, write_section
-from bench.rig import BEADS_RUNNER, PY, RESULTS, wait_for
+from bench.rig import BEADS_RUNNER, PY, RESULTS, git, wait_for
 from bench.stats import percentile
 from tests.bd_backends import BdBackend, real_backend, standin_backend
 from tests.realtools import BD_HOW, bd_path
@@ -157,8 +157,8 @@ def runner_repo(bd: BdBackend, path: Path, tmp: Path, prefix: str) -> tuple[Path
         "[agent]", 'kind = "command"', f"command = {json.dumps(shlex.join([PY, '-S', str(agent)]))}",
         f"env = {{ BENCH_STAMPS = {json.dumps(str(stamps))} }}", "",
     ]))
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, capture_output=True)
-    subprocess.run(["git", "commit", "-q", "-m", "initial"], cwd=repo, check=True, capture_output=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     return repo, log, stamps
 
 

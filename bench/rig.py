@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from beads_runner.gitcmd import run_git
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BEADS_RUNNER = Path(PY).parent / "beads-runner"
@@ -42,8 +44,11 @@ AGENT_SCRIPT = textwrap.dedent("""\
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL).stdout.strip()
+    """git's stdout in `repo` (the runner's own git runner); RuntimeError with git's words on a failure."""
+    result = run_git(args, cwd=repo)
+    if not result.ok:
+        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {result.message()}")
+    return result.text().strip()
 
 
 def toml_str(value: str) -> str:
