@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from beads_runner import executables
 from beads_runner.config import CONFIG_FILE, load_config
 from beads_runner.environ import environment
 from beads_runner.daemon import Runner
@@ -225,7 +226,7 @@ def _report(repo: Path, tracker: JsonlTracker, code: int, elapsed: float, engine
         echo("\nComment on demo-div:\n" + textwrap.indent(comments[-1]["text"], "  | ", lambda _line: True))
     branches = _git(repo, "branch", "--list", "--format=%(refname:short)", "beads-runner/*").split()
     echo(f"\nBranches kept for a person: {', '.join(branches) or 'none'}")
-    exe = shutil.which("beads-runner") or str(Path(sys.executable).parent / "beads-runner")
+    exe = executables.on_path("beads-runner") or str(Path(sys.executable).parent / "beads-runner")
     if engine == "hatchet":
         echo(f"\nTry: cd {repo} && {exe} hatchet up   (the engine again, with its data)")
         echo(f"     then in another terminal there: {exe} status && {exe} review && {exe} logs demo-total")

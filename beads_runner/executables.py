@@ -34,10 +34,15 @@ def as_path(command: str, base: Path | str, *, expand_user: bool = True) -> Path
     return path if path.is_absolute() else Path(base) / path
 
 
+def on_path(name: str, path: str | None = None) -> str | None:
+    """Where the program `name` is on `path` (default: this process's PATH), or None."""
+    return shutil.which(name) if path is None else shutil.which(name, path=path)
+
+
 def find(command: str, base: Path | str, *, path: str | None = None, expand_user: bool = True) -> str | None:
     """The executable `command` runs from `base`, or None: a file that is not executable, or a bare
     name not on `path` (default: this process's PATH)."""
     file = as_path(command, base, expand_user=expand_user)
     if file is not None:
         return str(file) if is_executable_file(file) else None
-    return shutil.which(command, path=path)
+    return on_path(command, path)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from beads_runner import executables
 from beads_runner.config import CONFIG_FILE, STATE_DIR
 
 TEMPLATE = """\
@@ -107,7 +107,7 @@ def _read(path: Path) -> str:
 
 
 def _python() -> str:
-    return "python" if shutil.which("python") or not shutil.which("python3") else "python3"
+    return "python" if executables.on_path("python") or not executables.on_path("python3") else "python3"
 
 
 def _npm_test_script(repo: Path) -> str | None:
@@ -165,7 +165,7 @@ def render_config(repo: Path) -> str:
     else:
         gate_text = ('# No test command was found. Add one, for example:\n# [[gates]]\n# name = "tests"\n'
                      '# run = "python -m pytest -q"\n# timeout = "10m"\n')
-    kind = "bd" if shutil.which("bd") or not (repo / ".beads" / "issues.jsonl").is_file() else "jsonl"
+    kind = "bd" if executables.on_path("bd") or not (repo / ".beads" / "issues.jsonl").is_file() else "jsonl"
     return TEMPLATE.format(tracker_kind=kind, model="anthropic/claude-sonnet-4-5", gates=gate_text)
 
 

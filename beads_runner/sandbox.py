@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -162,7 +161,7 @@ def resolve(mode: str, repo: Path | None = None) -> Sandbox:
     if mode not in MODES:
         raise SandboxUnavailable(f"sandbox = {mode!r} is not one of {', '.join(MODES)}",
                                  fix='set sandbox = "auto" (or "bwrap", or "off") in .beads-runner.toml')
-    bwrap = shutil.which("bwrap")
+    bwrap = executables.on_path("bwrap")
     if bwrap is None:
         raise SandboxUnavailable(f'sandbox = "{mode}": bubblewrap (bwrap) is not installed, and no other sandbox '
                                  "can confine the agent and its gates here", fix=INSTALL_FIX)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import socket
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from beads_runner import executables
 from beads_runner.errors import RunnerError
 from beads_runner.versions import version_in
 
@@ -132,7 +132,7 @@ def find_engine_binaries(configured: str | None = None) -> dict[str, Path]:
             missing = [n for n, p in found.items() if not p.is_file()]
             raise RunnerError(f"{source} = {directory} lacks {', '.join(missing)}",
                               fix="point it at the directory `make tools` fills (.tools/bin), or unset it")
-    on_path = {name: shutil.which(name) for name in BINARIES}
+    on_path = {name: executables.on_path(name) for name in BINARIES}
     if all(on_path.values()):
         return {name: Path(p) for name, p in on_path.items() if p}
     raise RunnerError("no Hatchet engine binaries (hatchet-lite, hatchet-migrate, hatchet-admin) found",
@@ -146,8 +146,8 @@ def find_pg_bin() -> Path:
     for d in roots:
         if (d / "initdb").exists() and (d / "postgres").exists():
             return d
-    initdb = shutil.which("initdb")
-    if initdb and shutil.which("postgres"):
+    initdb = executables.on_path("initdb")
+    if initdb and executables.on_path("postgres"):
         return Path(initdb).resolve().parent
     raise RunnerError("PostgreSQL's server binaries (initdb, postgres) are not installed",
                       fix="apt-get install postgresql (`make tools` does it as root), or set "

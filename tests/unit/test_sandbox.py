@@ -44,7 +44,7 @@ def test_off_leaves_the_command_as_it_is():
 
 @pytest.mark.parametrize("mode", ["auto", "bwrap"])
 def test_without_bubblewrap_auto_and_bwrap_are_refused_with_the_fix(monkeypatch, mode):
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sandbox.executables, "on_path", lambda name, path=None: None)
     with pytest.raises(sandbox.SandboxUnavailable) as err:
         sandbox.resolve(mode)
     assert "bubblewrap" in err.value.message
