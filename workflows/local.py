@@ -594,6 +594,8 @@ class LocalEngine:
                 return
             except sqlite3.Error as exc:
                 log.warning("cannot record a step's outcome; trying again", step=args[1].name, error=str(exc))
+                if "readonly" in str(exc):  # opened while the file was read-only: it stays so; open anew
+                    self._local.conn = None
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, self.PERSIST_BACKOFF_MAX)

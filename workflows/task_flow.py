@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,18 @@ def refuse_moved_yardstick(report: SuiteReport) -> None:
         raise StepFailed(handover_reason(report), retryable=False, detail=report.render_text())
 
 
+UNWRITABLE_FIX = "make .beads-runner/ writable by this user (free space, a writable mount)"
+
+
+def _in_runner_state(inp: TaskInput, filename: object) -> bool:
+    """Is `filename` the runner's own state (not an agent's worktree, whose files are the agent's)?"""
+    if not filename:
+        return False
+    state = _services(inp).state_dir.resolve()
+    path = Path(os.fsdecode(filename) if isinstance(filename, bytes) else str(filename)).resolve()
+    return path.is_relative_to(state) and not path.is_relative_to(state / "worktrees")
+
+
 def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
     """Turn the runner's own errors into StepFailed with the right retry decision."""
 
@@ -137,6 +150,16 @@ def _as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
         except RunnerError as exc:
             # Git and agent problems: a lock left behind, a transient failure; a retry may help.
             raise StepFailed(exc.message, retryable=True, detail=exc.fix or "") from exc
+        except sqlite3.Error as exc:  # the engine's own state, written by the step (notes, events)
+            raise StepDeferred(f"cannot write the run state: {exc}", detail=UNWRITABLE_FIX) from exc
+        except OSError as exc:
+            if _in_runner_state(inp, exc.filename):
+                # The machine, not the issue: .beads-runner/ made read-only, a full disk. Said plainly
+                # (no traceback) and tried again later without spending a try: nothing is lost, and
+                # `start` itself stops on the same error with its fix.
+                raise StepDeferred(f"cannot write {exc.filename}: {exc.strerror or exc}",
+                                   detail=UNWRITABLE_FIX) from exc
+            raise StepFailed(f"{type(exc).__name__}: {exc}", retryable=True) from exc
 
     return wrapper
 

@@ -348,6 +348,31 @@ def test_what_the_agent_committed_under_beads_itself_is_never_committed(repo):
     assert git(repo, "show", "--name-only", "--format=", sha).split() == ["work.txt"]
 
 
+def test_changes_to_tracked_files_under_an_ignored_directory_commit_without_gits_ignored_hint(repo):
+    """Issue 17 item 18: a tracked file under an ignored directory, changed or deleted by the agent,
+    made the commit fail with git's "paths are ignored by one of your .gitignore files" hint; a file
+    the agent created and then ignored itself is left out, as `git add -A .` leaves it."""
+    (repo / ".gitignore").write_text("vendor/\n")
+    (repo / "vendor").mkdir()
+    (repo / "vendor" / "kept.txt").write_text("v1\n")
+    (repo / "vendor" / "gone.txt").write_text("bye\n")
+    git(repo, "add", "-f", ".gitignore", "vendor/kept.txt", "vendor/gone.txt")
+    git(repo, "commit", "-qm", "vendored files, tracked under an ignored directory")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-1i")
+    (path / "vendor" / "kept.txt").write_text("v2\n")
+    (path / "vendor" / "gone.txt").unlink()
+    (path / "scratch.log").write_text("noise\n")
+    (path / "work.txt").write_text("w\n")
+    changed = ws.changed_files("bd-1i")
+    assert {"vendor/kept.txt", "vendor/gone.txt", "scratch.log", "work.txt"} <= set(changed)
+    with (path / ".gitignore").open("a") as fh:  # the agent ignores its scratch file after the snapshot
+        fh.write("*.log\n")
+    sha = ws.commit("bd-1i", msg("bd-1i"), paths=[*changed, ".gitignore"])
+    shown = git(repo, "show", "--name-status", "--format=", sha).split("\n")
+    assert sorted(shown) == sorted(["M\t.gitignore", "D\tvendor/gone.txt", "M\tvendor/kept.txt", "A\twork.txt"])
+
+
 def test_a_rebase_whose_regate_was_interrupted_is_gated_before_it_lands(repo):
     """Issue 17 item 1: stopped during the re-gate after a rebase, the restarted commit step found the
     branch already on the target, skipped the gates and landed a tree no gate had seen."""
