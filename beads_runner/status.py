@@ -18,25 +18,16 @@ from beads_runner import costs, safe_text
 from beads_runner.errors import RunnerError
 from beads_runner.logs import short_run_id
 from beads_runner.services import Services
-from workflows.local import RunView
+from workflows.engine import ACTIVE, FAILED, FAILING, FINISHED, PENDING, QUEUED, SUCCEEDED, Engine, RunView, \
+    existing_engine
 from workflows.task_flow import SESSION_KEY
 
-ACTIVE = ("queued", "running", "failing")
-FINISHED = ("succeeded", "failed", "cancelled")
 PROCESS = "process"
 
 
-def _engine(svc: Services):
-    """The engine whose runs to read: the embedded one's database, or Hatchet's runs API."""
-    if svc.config.engine.kind == "hatchet":
-        from workflows.hatchet import hatchet_engine
-
-        return hatchet_engine(svc)
-    from beads_runner.daemon import STATE_DB, build_engine
-
-    if not (svc.state_dir / STATE_DB).exists():
-        return None
-    return build_engine(svc)
+def _engine(svc: Services) -> Engine | None:
+    """The engine whose runs to read (None: the embedded engine has recorded nothing yet)."""
+    return existing_engine(svc)
 
 
 def one_line(text: Any, limit: int = 160) -> str:
@@ -58,16 +49,16 @@ def _phase(run: RunView) -> str:
     queued: active, its process step not started (check-deps, or waiting for a session);
     blocked: failed (or being handed to a person right now);
     superseded: a person closed, took, deferred or deleted the issue mid-run; nothing landed."""
-    if run.status == "failing":
+    if run.status == FAILING:
         return "blocked"
     if run.status in ACTIVE:
         proc = next((s for s in run.steps if s.name == PROCESS), None)
-        if proc is not None and proc.status == "pending" and proc.attempt == 0:
+        if proc is not None and proc.status == PENDING and proc.attempt == 0:
             return "queued"
-        if proc is None and run.status == "queued":
+        if proc is None and run.status == QUEUED:
             return "queued"
         return "running"
-    if run.status == "succeeded":
+    if run.status == SUCCEEDED:
         outcome = run.outcome or {}
         if outcome.get("superseded"):
             return "superseded"
@@ -75,7 +66,7 @@ def _phase(run: RunView) -> str:
     return run.status
 
 
-def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None, *,
+def _run_dict(engine: Engine, run: RunView, state_dir: Path, now: float | None = None, *,
               parks: list | None = None, positions: dict[str, int] | None = None) -> dict[str, Any]:
     from beads_runner.explain import run_reason
 
@@ -100,7 +91,7 @@ def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None, *
         "step_status": step.status if step else None,
         "attempt": step.attempt if step else None,
         "max_attempts": step.max_attempts if step else None,
-        "retry_at": step.not_before if step and step.status == "pending" and step.not_before > now else None,
+        "retry_at": step.not_before if step and step.status == PENDING and step.not_before > now else None,
         "elapsed_s": round(end - run.created_at, 1),
         "created_at": run.created_at,
         "finished_at": run.finished_at,
@@ -121,7 +112,7 @@ def _run_dict(engine, run: RunView, state_dir: Path, now: float | None = None, *
     }
 
 
-def _failures(engine, runs: list[RunView], limit: int) -> list[dict[str, Any]]:
+def _failures(engine: Engine, runs: list[RunView], limit: int) -> list[dict[str, Any]]:
     found, seen = [], set()
     for run in runs:
         if run.id in seen:
@@ -132,9 +123,9 @@ def _failures(engine, runs: list[RunView], limit: int) -> list[dict[str, Any]]:
         for a in attempts:
             last[a["step"]] = max(last.get(a["step"], 0), a["attempt"])
         for a in attempts:
-            if a["status"] != "failed":
+            if a["status"] != FAILED:
                 continue
-            final = (run.status in ("failed", "failing") and run.failed_step == a["step"]
+            final = (run.status in (FAILED, FAILING) and run.failed_step == a["step"]
                      and a["attempt"] == last[a["step"]])
             found.append({"issue_id": run.key, "run_id": run.id, "run": short_run_id(run.id), "step": a["step"],
                           "attempt": a["attempt"], "at": a["finished_at"] or a["started_at"],
@@ -193,14 +184,15 @@ def collect_status(svc: Services, limit: int = 20, *, engine=None, failures: int
     engine = engine if engine is not None else _engine(svc)
     if engine is None:
         return data
-    parks = parks_in_effect(svc.config, svc.state_dir, now) if hasattr(engine, "db_path") else []
+    # Parks and the budget are this machine's: they hold the steps that run here.
+    parks = parks_in_effect(svc.config, svc.state_dir, now) if engine.steps_run_here else []
     data["parked"] = [p.as_dict() for p in parks]
     positions = queue_positions(engine)
     active = engine.runs(statuses=ACTIVE, limit=1000)
     recent = engine.runs(statuses=FINISHED, limit=limit)
     latest_failed: list[RunView] = []
     seen: set[str] = set()
-    for run in engine.runs(statuses=("failed",), limit=200):
+    for run in engine.runs(statuses=(FAILED,), limit=200):
         if run.key in seen:
             continue
         seen.add(run.key)
@@ -237,7 +229,7 @@ def _money(value: float | None) -> str:
 
 
 def _outcome_line(run: dict[str, Any]) -> str:
-    if run["status"] == "failed":
+    if run["status"] == FAILED:
         return f"failed at {run['failed_step']}: {one_line(run['error'], 100)}"
     out = run.get("outcome") or {}
     if out.get("superseded"):
@@ -351,7 +343,7 @@ def watch_status(svc: Services, limit: int = 20, interval: float = 1.0, console=
 
 
 # --- logs --------------------------------------------------------------------------------------------
-def _find_run(engine, ref: str) -> RunView:
+def _find_run(engine: Engine, ref: str) -> RunView:
     run = engine.get_run(ref)
     if run is None:
         runs = engine.runs(key=ref, limit=1)
@@ -446,9 +438,10 @@ def stream_logs(svc: Services, ref: str, follow: bool = False, as_json: bool = F
     if not as_json:
         title = _title(run)
         yield f"run {run.id}  issue {run.key}" + (f": {one_line(title, 200)}" if title else "") + f"  ({run.status})"
-    if follow and hasattr(engine, "stream"):
-        # Hatchet: the steps run on workers; their events come on the run's stream.
-        for ev in engine.stream(run.id):
+    pushed = engine.stream(run.id) if follow else None
+    if pushed is not None:
+        # An engine that pushes its events (Hatchet: the steps run on workers): follow its stream.
+        for ev in pushed:
             yield json.dumps({"source": "engine", **ev}) if as_json else _engine_line(
                 {"ts": time.time(), "step": ev.get("step"), "event": ev.get("event", "event"),
                  **{k: v for k, v in ev.items() if k not in ("step", "event", "ts")}})

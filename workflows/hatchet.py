@@ -9,9 +9,9 @@ Steps are plain sync functions; each Hatchet task is async and runs its step in 
 so a cancellation (timeout, `hatchet.runs.cancel`, worker shutdown) reaches the step through
 `StepContext.cancel` and the agent can kill its process group.
 
-`run_worker` is `beads-runner worker`; `start_with_hatchet` is `beads-runner start` with
-`engine.kind = "hatchet"`: the same poll → claim → submit loop as the embedded engine
-(`beads_runner.daemon.Runner`), on an adapter that reads and starts runs through Hatchet's API.
+`run_worker` is `beads-runner worker`. `HatchetEngine` is `workflows.engine.Engine` over Hatchet's
+API: `beads-runner start` runs the same poll → claim → submit loop (`beads_runner.daemon.Runner`)
+on it as on the embedded engine.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from pydantic import BaseModel
 
 from beads_runner import procreg
 from beads_runner.config import Config
-from beads_runner.daemon import PollResult, Runner
 from beads_runner.errors import RunnerError
 from beads_runner.services import Services
-from workflows.local import RunView, StepView
+from workflows.engine import ACTIVE, CANCELLED, FAILED, FAILING, QUEUED, RUN_STATUSES, RUNNING, SUCCEEDED, EngineUnavailable, Event, RunView, StepView, TryView
 from workflows.spec import StepDeferred, StepFailed, StepParked, StepSpec, WorkflowSpec
 from workflows.task_flow import TASK_FLOW
 
@@ -74,9 +73,8 @@ DOCKER_COMPOSE_ENV = (
     "(see docs/hatchet.md)"
 )
 
-_STATUS = {"QUEUED": "queued", "RUNNING": "running", "COMPLETED": "succeeded", "FAILED": "failed",
-           "CANCELLED": "cancelled"}
-_ACTIVE = ("queued", "running")
+_STATUS = {"QUEUED": QUEUED, "RUNNING": RUNNING, "COMPLETED": SUCCEEDED, "FAILED": FAILED, "CANCELLED": CANCELLED}
+_ACTIVE = tuple(s for s in ACTIVE if s != FAILING)  # Hatchet has no "failing": its handover is a task
 
 
 def _is_run_id(text: str) -> bool:
@@ -111,9 +109,15 @@ def repo_namespace(services: Services | None) -> str:
 def make_client(services: Services | None = None):
     """A Hatchet client from the HATCHET_CLIENT_* environment; opens no connection yet.
 
-    Every setting is read now (not at import), so a token exported after start-up counts."""
+    Every setting is read now (not at import), so a token exported after start-up counts. With
+    `services`, the settings `beads-runner hatchet up` wrote fill in what the environment lacks."""
     from hatchet_sdk import ClientConfig, Hatchet
     from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
+
+    if services is not None:
+        from beads_runner.hatchet_local import load_client_env
+
+        load_client_env(services.state_dir)  # unless the user set a token of their own
 
     namespace = repo_namespace(services)
     try:
@@ -734,7 +738,7 @@ def _wait_for_engine(hatchet: Any, attempts: int = 10, delay: float = 1.0) -> No
 
 
 # --- `start` on Hatchet ------------------------------------------------------------------------------
-class HatchetUnavailable(RunnerError):
+class HatchetUnavailable(EngineUnavailable):
     """Hatchet's API failed a call the poll loop needs; the loop tries again at the next poll."""
 
 
@@ -755,6 +759,7 @@ class HatchetEngine:
         # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
         self._pending: set[str] = set()
         self._watcher: threading.Thread | None = None
+        self._next_sweep = 0.0
 
     # submitting
     def submit(self, inp: BaseModel) -> tuple[str, bool]:
@@ -867,16 +872,32 @@ class HatchetEngine:
         return [(self.get_run(v.id) or v) if v.status in _ACTIVE else v for v in views]
 
     # what `status`, `logs` and `review` read (the embedded engine answers the same questions)
-    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+    def attempts(self, run_id: str) -> list[TryView]:
         """One entry per step that ran, its latest attempt (Hatchet keeps the count, not each try)."""
         run = self.get_run(run_id)
         if run is None:
             return []
-        return [{"run_id": run_id, "step": s.name, "attempt": s.attempt, "status": s.status, "error": s.error,
-                 "started_at": s.started_at, "finished_at": s.finished_at, "notes": s.notes}
+        return [TryView(run_id=run_id, step=s.name, attempt=s.attempt, status=s.status, error=s.error,
+                        started_at=s.started_at, finished_at=s.finished_at, notes=s.notes)
                 for s in run.steps if s.attempt]
 
-    def events(self, run_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+    def counts(self) -> dict[str, int]:
+        """Runs of this repository per status, as far back as the runs list reaches (six days)."""
+        found = {status: 0 for status in RUN_STATUSES}
+        for row in self._list(None, 1000, None):
+            found[self._summary_view(row).status] += 1
+        return found
+
+    def dashboard_url(self, run_id: str) -> str | None:
+        """The run in the Hatchet dashboard (the API's server, which serves the dashboard too)."""
+        server = str(getattr(self.hatchet.config, "server_url", "") or "").rstrip("/")
+        return f"{server}/runs/{run_id}" if server and _is_run_id(run_id) else None
+
+    @property
+    def steps_run_here(self) -> bool:
+        return False  # on `beads-runner worker` processes, which enter their sandbox themselves
+
+    def events(self, run_id: str, after_id: int = 0) -> list[Event]:
         """The run's step events, read back from the engine: each step's `ctx.log` lines (one JSON
         object each, see HatchetStepContext.log), in time order, numbered so `logs -f` can resume."""
         if not _is_run_id(run_id):
@@ -913,7 +934,7 @@ class HatchetEngine:
         return sum(1 for run in self.runs(statuses=_ACTIVE, limit=1000)
                    for s in run.steps if s.status == "running" and self.flow.step(s.name).concurrency_key == key)
 
-    def stream(self, run_id: str) -> Iterator[dict[str, Any]]:
+    def stream(self, run_id: str) -> Iterator[Event]:
         """The run's step events as they happen (`ctx.put_stream` on the workers), until the run ends."""
         import asyncio
         import queue
@@ -947,6 +968,17 @@ class HatchetEngine:
             if view is not None and view.status not in _ACTIVE:
                 self._pending.discard(run_id)
         return bool(self._pending)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunView | None:
+        """Until the run is finished on the workers (or `timeout` passes), looking every two seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.get_run(run_id)
+            if view is not None and view.status not in ACTIVE:
+                return view
+            if deadline is not None and time.monotonic() > deadline:
+                return view
+            time.sleep(2)
 
     def settled_run(self, run_id: str, tries: int = 5, delay: float = 1.0) -> RunView | None:
         """The run once the engine can show it (a run just started may not be readable for a moment)."""
@@ -996,7 +1028,7 @@ class HatchetEngine:
     def last_event_id(self) -> int:
         return 0
 
-    def events_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+    def events_since(self, after_id: int, limit: int = 500) -> list[Event]:
         """Notifications read the embedded engine's event log; on Hatchet the workers' own runners
         send none yet (docs/hatchet.md, limits)."""
         return []
@@ -1015,51 +1047,38 @@ class HatchetEngine:
         log.info("run cancelled through the Hatchet API", run_id=run_id, by=by)
         return True
 
+    # what `start` asks before it claims anything, and at each poll
+    def prepare(self) -> None:
+        """The engine answers, the sessions' rate limit is set and this configuration's definition is
+        registered (gRPC works, and runs use one definition), before the first claim."""
+        _wait_for_engine(self.hatchet)
+        _put_rate_limit(self.hatchet, self.services.config)
+        register_definition(self.hatchet, self.services, self.workflow)
 
-def hatchet_engine(services: Services) -> HatchetEngine:
-    """The Hatchet engine of a repository's configuration, for `submit`, `status` and `logs`."""
-    client = make_client(services)
-    return HatchetEngine(client, build_workflow(client, services.config), services)
-
-
-class HatchetRunner(Runner):
-    """`daemon.Runner` on Hatchet: the same poll → claim → submit, surviving an engine hiccup."""
-
-    def __init__(self, services: Services, engine: HatchetEngine):
-        super().__init__(services, engine=engine)  # type: ignore[arg-type]
-        self._next_sweep = 0.0
-        self._swept_file = services.state_dir / "hatchet" / "swept-runs.json"
-
-    def poll_once(self) -> PollResult:
-        try:
-            self.sweep_cancelled()
-            return super().poll_once()
-        except HatchetUnavailable as exc:
-            log.warning("hatchet unavailable, will poll again", error=exc.message)
-            return PollResult()
-
-    def sweep_cancelled(self, force: bool = False) -> list[str]:
+    def housekeeping(self, force: bool = False) -> list[str]:
         """Hatchet runs no on-failure task for a CANCELLED run (cancelled through the API or the
         dashboard, or by a schedule timeout): its issue would stay claimed for ever. Hand each such
-        issue to a person, with a comment; its branch is kept. Returns the issues handed over."""
+        issue to a person, with a comment; its branch is kept. Returns the issues handed over.
+        Looks every SWEEP_EVERY seconds, or now with `force`."""
         now = time.monotonic()
         if not force and now < self._next_sweep:
             return []
         self._next_sweep = now + SWEEP_EVERY
+        swept_file = self.services.state_dir / "hatchet" / "swept-runs.json"
         try:
-            swept = set(json.loads(self._swept_file.read_text()))
+            swept = set(json.loads(swept_file.read_text()))
         except (OSError, ValueError):
             swept = set()
         handed: list[str] = []
-        for row in self.engine._list(("cancelled",), 100, None):
-            view = self.engine._summary_view(row)
+        tracker = self.services.tracker
+        for row in self._list((CANCELLED,), 100, None):
+            view = self._summary_view(row)
             if view.id in swept or not view.key:
                 continue
-            tracker = self.tracker
             try:
                 issue = tracker.show(view.key)
                 if issue.status == "in_progress" and issue.assignee == tracker.actor \
-                        and not self.engine.active_run(view.key):
+                        and not self.active_run(view.key):
                     tracker.comment(view.key, f"beads-runner: its Hatchet run {view.id} was cancelled (through the "
                                               "API or dashboard, or by a schedule timeout), so nothing landed; the "
                                               f"branch beads-runner/{view.key} is kept. Reopen the issue to run "
@@ -1071,73 +1090,12 @@ class HatchetRunner(Runner):
                 log.warning("could not sweep a cancelled run; will try again", run_id=view.id, error=exc.message)
                 continue
             swept.add(view.id)
-        self._swept_file.parent.mkdir(parents=True, exist_ok=True)
-        self._swept_file.write_text(json.dumps(sorted(swept)))
+        swept_file.parent.mkdir(parents=True, exist_ok=True)
+        swept_file.write_text(json.dumps(sorted(swept)))
         return handed
 
-    def _idle(self) -> bool:
-        if not super()._idle():
-            return False
-        # Before `--once` ends: the issues of runs cancelled meanwhile must not stay claimed.
-        try:
-            self.sweep_cancelled(force=True)
-        except HatchetUnavailable as exc:
-            log.warning("could not sweep cancelled runs", error=exc.message)
-        return True
 
-    def reconcile(self) -> list[str]:
-        """After a restart: the runs Hatchet still has in flight for this repository are ours again."""
-        try:
-            active = [r.id for r in self.engine.runs(statuses=_ACTIVE, limit=1000)]
-        except HatchetUnavailable as exc:
-            log.warning("could not reconcile with Hatchet", error=exc.message)
-            return []
-        log.info("reconciled with hatchet", runs_in_flight=len(active))
-        return active
-
-    def run(self, *, once: bool = False, poll_interval: float | None = None, watch_interval: float = 0.2) -> int:
-        # Runner.run picks up the engine's unfinished runs itself (through `runs`); log them here.
-        self.reconcile()
-        return super().run(once=once, poll_interval=poll_interval, watch_interval=watch_interval)
-
-    def exit_code(self) -> int:
-        """1 if any run failed, or if the engine cannot say how one ended: an unknown end is no success."""
-        try:
-            for run_id in dict.fromkeys(self.submitted):
-                view = self.engine.settled_run(run_id)
-                if view is None:
-                    log.error("cannot read how a run ended", run_id=run_id)
-                    return 1
-                if view.status in ("failed", "cancelled"):
-                    return 1
-            return 0
-        except HatchetUnavailable:
-            return 1
-
-
-def start_with_hatchet(services: Services, once: bool = False, poll_interval: float | None = None) -> int:
-    """`beads-runner start` with engine.kind = "hatchet": claims ready issues and submits runs to Hatchet.
-
-    The steps run on `beads-runner worker` processes (this machine or others)."""
-    import signal
-
-    from beads_runner.logs import configure_logging
-
-    configure_logging(services.state_dir / "logs")
-    services.workspace.check_target()
-    services.tracker.version()
-    hatchet = make_client(services)
-    _wait_for_engine(hatchet)
-    _put_rate_limit(hatchet, services.config)
-    workflow = build_workflow(hatchet, services.config)
-    register_definition(hatchet, services, workflow)  # before the first claim: gRPC works, one definition
-    engine = HatchetEngine(hatchet, workflow, services)
-    runner = HatchetRunner(services, engine)
-
-    def handler(signum, _frame):
-        log.info("stopping: no new claims; runs in flight go on on the workers", signal=signal.Signals(signum).name)
-        runner.request_stop()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return runner.run(once=once, poll_interval=poll_interval)
+def hatchet_engine(services: Services) -> HatchetEngine:
+    """The Hatchet engine of a repository's configuration (for `start`, `submit`, `status`, `logs`)."""
+    client = make_client(services)
+    return HatchetEngine(client, build_workflow(client, services.config), services)

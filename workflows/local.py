@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import structlog
 from pydantic import BaseModel
 
 from beads_runner.errors import RunnerError
+from workflows.engine import ACTIVE, Event, RunView, StepView, TryView, RUN_STATUSES
 from workflows.spec import RetryPolicy, StepDeferred, StepFailed, StepParked, StepSpec, WorkflowSpec
 
 
@@ -49,7 +49,6 @@ class StateUnusable(RunnerError):
 
 log = structlog.get_logger("beads_runner.engine")
 
-ACTIVE = ("queued", "running", "failing")
 # Pending steps whose parents have all succeeded and whose backoff is over, oldest run first.
 _READY_STEPS = """
     SELECT s.run_id, s.name, s.attempt, s.concurrency_key, s.timeout, r.input FROM steps s
@@ -127,44 +126,6 @@ RUN_COLUMNS = {
     "handler_failures": "INTEGER NOT NULL DEFAULT 0",  # failed tries of the failure handler
     "handler_error": "TEXT",             # the handler gave up: the handover is recorded here only
 }
-
-
-@dataclass
-class StepView:
-    name: str
-    status: str
-    attempt: int
-    max_attempts: int
-    error: str | None
-    notes: dict[str, Any]
-    started_at: float | None
-    finished_at: float | None
-    not_before: float
-    output: dict[str, Any] | None
-
-
-@dataclass
-class RunView:
-    id: str
-    key: str
-    status: str
-    input: dict[str, Any]
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    failed_step: str | None
-    error: str | None
-    outcome: dict[str, Any] | None
-    steps: list[StepView] = field(default_factory=list)
-    cancel_requested: str | None = None
-    handler_error: str | None = None  # the tracker refused the handover: recorded here instead
-
-    @property
-    def current_step(self) -> StepView | None:
-        for s in self.steps:
-            if s.status in ("running", "pending", "failed"):
-                return s
-        return None
 
 
 class _Context:
@@ -750,7 +711,7 @@ class LocalEngine:
         except sqlite3.OperationalError as exc:
             log.warning("event not recorded", error=str(exc))
 
-    def events(self, run_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+    def events(self, run_id: str, after_id: int = 0) -> list[Event]:
         rows = self._conn().execute("SELECT * FROM events WHERE run_id=? AND id>? ORDER BY id",
                                     (run_id, after_id)).fetchall()
         return [{"id": r["id"], "run_id": r["run_id"], "step": r["step"], "ts": r["ts"], "event": r["event"],
@@ -765,7 +726,7 @@ class LocalEngine:
     def last_event_id(self) -> int:
         return self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
-    def events_since(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+    def events_since(self, after_id: int, limit: int = 500) -> list[Event]:
         """Events of every run recorded after `after_id`, oldest first (for notifications)."""
         rows = self._conn().execute("SELECT * FROM events WHERE id>? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         return [{"id": r["id"], "run_id": r["run_id"], "step": r["step"], "ts": r["ts"], "event": r["event"],
@@ -787,9 +748,38 @@ class LocalEngine:
         args.append(limit)
         return [self._view(r) for r in self._conn().execute(sql, args).fetchall()]
 
-    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+    def attempts(self, run_id: str) -> list[TryView]:
         rows = self._conn().execute("SELECT * FROM attempts WHERE run_id=? ORDER BY started_at", (run_id,)).fetchall()
-        return [{**dict(r), "notes": json.loads(r["notes"]) if r["notes"] else {}} for r in rows]
+        return [TryView(run_id=r["run_id"], step=r["step"], attempt=r["attempt"], status=r["status"], error=r["error"],
+                        started_at=r["started_at"], finished_at=r["finished_at"],
+                        notes=json.loads(r["notes"]) if r["notes"] else {}) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._conn().execute("SELECT status, COUNT(*) FROM runs WHERE workflow=? GROUP BY status",
+                                          (self.workflow.name,)).fetchall())
+        return {status: found.get(status, 0) for status in RUN_STATUSES}
+
+    def stream(self, run_id: str) -> None:
+        """No push here: `events` is read again (the database is local)."""
+        return None
+
+    def settled_run(self, run_id: str) -> RunView | None:
+        return self.get_run(run_id)
+
+    def dashboard_url(self, run_id: str) -> None:
+        """The embedded engine has no UI of its own (`beads-runner status`, `logs` and the console show it)."""
+        return None
+
+    @property
+    def steps_run_here(self) -> bool:
+        return True
+
+    def prepare(self) -> None:
+        """Nothing more to check: the database was checked when it was opened."""
+
+    def housekeeping(self, force: bool = False) -> list[str]:
+        """Nothing: a cancelled run here runs its failure handler like any failed run."""
+        return []
 
     def sessions_in_use(self, key: str) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM steps WHERE status='running' AND concurrency_key=?",
@@ -809,7 +799,7 @@ class LocalEngine:
                             output=json.loads(s["output"]) if s["output"] else None) for s in steps],
         )
 
-    def wait(self, run_id: str, timeout: float | None = None) -> RunView:
+    def wait(self, run_id: str, timeout: float | None = None) -> RunView | None:
         """Block until the run is finished (succeeded, failed, cancelled) or `timeout` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
