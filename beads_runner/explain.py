@@ -197,7 +197,7 @@ def _branch_kept(svc: Services, issue_id: str) -> str | None:
 def explain(svc: Services, issue_id: str, *, engine: Engine | None = None, now: float | None = None) -> Reason:
     """The one reason `issue_id` is or is not being worked on now. Raises RunnerError for an issue
     the tracker does not know."""
-    from beads_runner.status import _engine
+    from workflows.engine import existing_engine as _engine
 
     now = time.time() if now is None else now
     if not is_safe_issue_id(issue_id):

@@ -300,7 +300,7 @@ def test_retryable_step_failure_is_retried_by_hatchet():
 def test_a_parked_step_waits_in_place_and_runs_again_without_spending_a_try(monkeypatch):
     from workflows.spec import StepParked
 
-    monkeypatch.setattr(hb, "WAIT_STEP", 0.05)
+    monkeypatch.setattr("workflows.hatchet.workflow.WAIT_STEP", 0.05)
     calls, admitted = [], []
 
     def process(inp, ctx):
