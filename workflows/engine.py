@@ -178,6 +178,10 @@ class Engine(Protocol):
         """Whether this process runs the steps (so this machine's sandbox, parks and budget apply)."""
         ...
 
+    def describe(self) -> str:
+        """For `doctor`: where the engine is and that it answers (RunnerError with the fix if not)."""
+        ...
+
     # the runner's loop
     def prepare(self) -> None:
         """Before `start` claims anything: make sure runs can run (raise RunnerError with the fix)."""

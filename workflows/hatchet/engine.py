@@ -65,6 +65,7 @@ class HatchetRuns:
         # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
         self._pending: set[str] = set()
         self._watcher: threading.Thread | None = None
+        self.settings_from_up = False  # the client settings came from `beads-runner hatchet up`
         self._next_sweep = 0.0
 
     def _meta(self, key: str | None = None) -> dict[str, str]:

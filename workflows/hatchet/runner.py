@@ -117,6 +117,13 @@ class HatchetEngine(HatchetRuns):
         log.info("run cancelled through the Hatchet API", run_id=run_id, by=by)
         return True
 
+    def describe(self) -> str:
+        """The token parses, says where the engine is, and the engine answers with it."""
+        from workflows.hatchet.client import check_hatchet_config
+
+        detail = check_hatchet_config(contact=True)
+        return detail + (" (settings from `beads-runner hatchet up`)" if self.settings_from_up else "")
+
     def prepare(self) -> None:
         """The engine answers, the sessions' rate limit is set and this configuration's definition is
         registered (gRPC works, and runs use one definition), before the first claim."""
@@ -166,5 +173,10 @@ class HatchetEngine(HatchetRuns):
 
 def hatchet_engine(services: Services) -> HatchetEngine:
     """The Hatchet engine of a repository's configuration (for `start`, `submit`, `status`, `logs`)."""
+    from beads_runner.hatchet_local import load_client_env
+
+    from_up = load_client_env(services.state_dir)  # `hatchet up`'s settings, unless the user set a token
     client = make_client(services)
-    return HatchetEngine(client, build_workflow(client, services.config), services)
+    engine = HatchetEngine(client, build_workflow(client, services.config), services)
+    engine.settings_from_up = from_up
+    return engine

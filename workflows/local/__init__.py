@@ -8,6 +8,6 @@ running steps, leases, cancellation).
 
 from workflows.engine import RunView, StepView
 from workflows.local.engine import LocalEngine
-from workflows.local.store import SCHEMA, StateUnusable, Store
+from workflows.local.store import MIGRATIONS, SCHEMA, SCHEMA_VERSION, StateUnusable, Store
 
-__all__ = ["SCHEMA", "LocalEngine", "RunView", "StateUnusable", "StepView", "Store"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "LocalEngine", "RunView", "StateUnusable", "StepView", "Store"]

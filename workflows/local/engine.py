@@ -99,8 +99,6 @@ class LocalEngine(Outcomes):
         handler_attempts: int = 3,
         handler_backoff: float = 5.0,
     ):
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.workflow = workflow
         self.max_sessions = max_sessions
         self.workers = max(workers, max_sessions + 1)
@@ -120,7 +118,6 @@ class LocalEngine(Outcomes):
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff = handler_backoff
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._local = threading.local()
         self._running: dict[tuple[str, str], _Context] = {}
         self._running_lock = threading.Lock()
         self._wake = threading.Event()
@@ -129,7 +126,7 @@ class LocalEngine(Outcomes):
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
         self._listeners: list[Callable[[], None]] = []
-        self._open_checked()
+        super().__init__(db_path)
 
     def _retry_for(self, spec: StepSpec) -> RetryPolicy:
         return self.retry or spec.retry

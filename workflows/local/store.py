@@ -1,11 +1,13 @@
-"""The embedded engine's SQLite state: its schema, opening and checking it, transactions."""
+"""The embedded engine's SQLite state (state.db): its schema and migrations, opening and checking it,
+transactions. The one owner of that file's run tables."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import structlog
 
 from beads_runner.errors import RunnerError
+from workflows.engine import TryView
 
 log = structlog.get_logger("beads_runner.engine")
 
@@ -34,6 +37,7 @@ class StateUnusable(RunnerError):
                     "taken back)")
 
 
+# The first release's tables (migration 1). Later columns come from the migrations below.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -96,16 +100,57 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, id);
 """
-RUN_COLUMNS = {
-    "cancel_requested": "TEXT",          # who asked to cancel the run (and why); honoured by any engine
-    "handler_failures": "INTEGER NOT NULL DEFAULT 0",  # failed tries of the failure handler
-    "handler_error": "TEXT",             # the handler gave up: the handover is recorded here only
-}
+
+
+def _create_first_tables(db: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _run_columns(**columns: str) -> Callable[[sqlite3.Connection], None]:
+    def add(db: sqlite3.Connection) -> None:
+        have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for name, decl in columns.items():
+            if name not in have:  # a database opened by a release that added columns on open has them
+                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+    return add
+
+
+# The schema's history, oldest first: a database at version n (PRAGMA user_version) gets the
+# migrations after the n-th, in one transaction, and is then at SCHEMA_VERSION. Append only: a
+# released migration never changes. Databases of the first releases are at version 0 (they had no
+# version), with some of the later columns already added on open; the migrations allow for that.
+MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
+    ("runs, steps, attempts and events", _create_first_tables),
+    ("runs.cancel_requested: who asked to cancel the run (and why); honoured by any engine",
+     _run_columns(cancel_requested="TEXT")),
+    ("runs.handler_failures and handler_error: a failure handler that gave up records the handover here",
+     _run_columns(handler_failures="INTEGER NOT NULL DEFAULT 0", handler_error="TEXT")),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StateTooNew(RunnerError):
+    def __init__(self, path: Path, version: int):
+        super().__init__(f"the run state {path} has schema version {version}, newer than this beads-runner "
+                         f"knows ({SCHEMA_VERSION}): a newer release wrote it",
+                         fix="upgrade beads-runner to the release that wrote it (or newer), on every machine "
+                             "sharing this repository")
 
 
 class Store:
     """The one owner of state.db: every read and write of its tables goes through this class (and
-    the engine built on it). Thread-safe: one connection per thread."""
+    the engine built on it); nothing else opens the file with SQL. Thread-safe: one connection per
+    thread. `read_only` opens an existing file for reading only, unchecked and not migrated (for
+    frequent readers such as the daily budget; only first-release columns may be read so)."""
+
+    def __init__(self, db_path: Path | str, *, read_only: bool = False):
+        self.db_path = Path(db_path)
+        self.read_only = read_only
+        self._local = threading.local()
+        if not read_only:
+            self._open_checked()
 
     def _open_checked(self) -> None:
         """Open the database and check it before anything is claimed: a corrupt, truncated or
@@ -116,26 +161,37 @@ class Store:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(problems))
-            conn.executescript(SCHEMA)
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             self._local.conn = None
             raise StateUnusable(self.db_path, exc) from None
 
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
     def _migrate(self) -> None:
-        have = {row["name"] for row in self._conn().execute("PRAGMA table_info(runs)")}
-        for name, decl in RUN_COLUMNS.items():
-            if name not in have:
-                try:
-                    self._conn().execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
-                except sqlite3.OperationalError as exc:  # another process added it a moment ago
-                    if "duplicate column" not in str(exc):
-                        raise
+        """Bring the schema to SCHEMA_VERSION: every migration not yet applied, in order, in one
+        write transaction (several processes opening one old file migrate it once)."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return  # the usual case: no write lock taken
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateTooNew(self.db_path, version)
+            for number, (what, migrate) in enumerate(MIGRATIONS[version:], version + 1):
+                migrate(db)
+                log.info("run state migrated", path=str(self.db_path), version=number, change=what)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --- storage ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None and self.read_only:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        elif conn is None:
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
@@ -166,3 +222,36 @@ class Store:
                            (run_id, step, time.time(), event, json.dumps(fields, default=str)))
         except sqlite3.OperationalError as exc:
             log.warning("event not recorded", error=str(exc))
+
+    def tries(self, step: str | None = None, *, run_id: str | None = None,
+              since: float | None = None) -> list[TryView]:
+        """Tries of every run (or one), of one step, that ended (or began, if running) at or after
+        `since`: what the daily budget and the cost reports count."""
+        sql, args = "SELECT * FROM attempts WHERE 1=1", []
+        if step is not None:
+            sql += " AND step=?"
+            args.append(step)
+        if run_id is not None:
+            sql += " AND run_id=?"
+            args.append(run_id)
+        if since is not None:
+            sql += " AND COALESCE(finished_at, started_at) >= ?"
+            args.append(since)
+        return [_try(r) for r in self._conn().execute(sql + " ORDER BY started_at", args).fetchall()]
+
+    def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _try(r: sqlite3.Row) -> TryView:
+    try:
+        notes = json.loads(r["notes"]) if r["notes"] else {}
+    except ValueError:
+        notes = {}
+    return TryView(run_id=r["run_id"], step=r["step"], attempt=r["attempt"], status=r["status"], error=r["error"],
+                   started_at=r["started_at"], finished_at=r["finished_at"],
+                   notes=notes if isinstance(notes, dict) else {})

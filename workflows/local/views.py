@@ -17,6 +17,7 @@ class Views(Store):
     """The engine's answers about runs, steps, tries and events (no writes but `clear_handler_error`)."""
 
     workflow: WorkflowSpec
+    max_sessions: int
 
     def active_run(self, key: str) -> str | None:
         row = self._conn().execute(
@@ -70,10 +71,7 @@ class Views(Store):
         return [self._view(r) for r in self._conn().execute(sql, args).fetchall()]
 
     def attempts(self, run_id: str) -> list[TryView]:
-        rows = self._conn().execute("SELECT * FROM attempts WHERE run_id=? ORDER BY started_at", (run_id,)).fetchall()
-        return [TryView(run_id=r["run_id"], step=r["step"], attempt=r["attempt"], status=r["status"], error=r["error"],
-                        started_at=r["started_at"], finished_at=r["finished_at"],
-                        notes=json.loads(r["notes"]) if r["notes"] else {}) for r in rows]
+        return self.tries(run_id=run_id)
 
     def counts(self) -> dict[str, int]:
         found = dict(self._conn().execute("SELECT status, COUNT(*) FROM runs WHERE workflow=? GROUP BY status",
@@ -86,6 +84,10 @@ class Views(Store):
 
     def settled_run(self, run_id: str) -> RunView | None:
         return self.get_run(run_id)
+
+    def describe(self) -> str:
+        return (f"local (SQLite at {self.db_path}, schema version {self.schema_version()}), "
+                f"max_sessions={self.max_sessions}")
 
     def dashboard_url(self, run_id: str) -> None:
         """The embedded engine has no UI of its own (`beads-runner status`, `logs` and the console show it)."""
