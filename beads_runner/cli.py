@@ -240,9 +240,11 @@ def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
 
 
 def _print_outcome(view) -> None:
+    from workflows.task_flow import did_no_work
+
     if view.status == "succeeded":
         out = view.outcome or {}
-        if out.get("skipped"):
+        if did_no_work(out):
             click.echo(f"{view.key}: skipped ({out.get('reason')})")
         else:
             click.echo(f"{view.key}: {out.get('close_reason')}")

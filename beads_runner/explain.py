@@ -43,6 +43,7 @@ from beads_runner.parking import Park, parks_in_effect
 from beads_runner.services import Services
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL, Issue
 from workflows.engine import ACTIVE, FAILED, FAILING, QUEUED, RUNNING, SUCCEEDED, Engine, RunView
+from workflows.task_flow import did_no_work
 
 PROCESS = "process"
 
@@ -140,7 +141,7 @@ def run_reason(run: RunView, *, now: float | None = None, parks: list[Park] | No
             return Reason("superseded", f"a person's word ended its run: {out.get('superseded')}",
                           "reopen it (or give it back to the runner's actor) for the runner to take it again",
                           {**base, "reason": out.get("superseded")})
-        if out.get("skipped"):
+        if did_no_work(out):
             return Reason("skipped", f"its last run stopped without working on it: {out.get('reason')}",
                           "what the reason names; a running `beads-runner start` picks it up when it is ready",
                           {**base, "reason": out.get("reason")})
@@ -275,7 +276,7 @@ def explain(svc: Services, issue_id: str, *, engine: Engine | None = None, now: 
     if parks:
         return done(parked_reason(parks[0]))
     last = ""
-    if run is not None and run.status == SUCCEEDED and (run.outcome or {}).get("skipped"):
+    if run is not None and run.status == SUCCEEDED and did_no_work(run.outcome):
         last = f" (its last run stopped: {(run.outcome or {}).get('reason')})"
     return done(Reason("ready", f"ready{last}; a running `beads-runner start` claims it at its next poll",
                        "start the runner if none runs (`beads-runner start`)", {}))

@@ -18,7 +18,7 @@ from beads_runner.logs import short_run_id
 from beads_runner.services import Services
 from workflows.engine import ACTIVE, FAILED, FAILING, FINISHED, PENDING, QUEUED, SUCCEEDED, Engine, RunView, \
     existing_engine
-from workflows.task_flow import SESSION_KEY
+from workflows.task_flow import SESSION_KEY, did_no_work
 
 PROCESS = "process"
 
@@ -60,7 +60,7 @@ def _phase(run: RunView) -> str:
         outcome = run.outcome or {}
         if outcome.get("superseded"):
             return "superseded"
-        return "skipped" if outcome.get("skipped") else "landed"
+        return "skipped" if did_no_work(outcome) else "landed"
     return run.status
 
 
@@ -231,6 +231,6 @@ def _outcome_line(run: dict[str, Any]) -> str:
     out = run.get("outcome") or {}
     if out.get("superseded"):
         return f"superseded: {one_line(out.get('superseded'), 100)}"
-    if out.get("skipped"):
+    if did_no_work(out):
         return f"skipped: {one_line(out.get('reason'), 100)}"
     return out.get("close_reason") or run["status"]

@@ -229,7 +229,7 @@ def test_a_person_who_closes_or_takes_the_issue_mid_session_wins(tmp_path, perso
     assert not repo.landed()
     assert git(repo.path, "branch", "--list", f"beads-runner/{taken}").strip()  # the branch is kept
     status, outcome = repo.outcome(taken)
-    assert status == "succeeded" and outcome["skipped"] and outcome["superseded"], outcome
+    assert status == "succeeded" and outcome["no_work"] and outcome["superseded"], outcome
 
 
 def _cli(repo: Repo, *args: str) -> subprocess.CompletedProcess:

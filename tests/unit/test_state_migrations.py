@@ -125,3 +125,14 @@ def test_a_database_from_a_newer_release_is_refused_with_its_fix(tmp_path):
         LocalEngine(path, flow())
     assert f"schema version {SCHEMA_VERSION + 1}, newer than this beads-runner knows" in err.value.message
     assert "upgrade beads-runner" in err.value.fix
+
+
+def test_step_outputs_written_with_skipped_by_earlier_releases_read_as_no_work():
+    # The field was `skipped` until Hatchet's own meaning of an output's "skipped" (a task it skipped)
+    # made it `no_work`; runs recorded before still read, and new outputs never say "skipped".
+    from workflows.task_flow import CommitOutput, ProcessOutput, did_no_work
+
+    assert ProcessOutput.model_validate_json('{"skipped": true}').no_work is True
+    assert "skipped" not in ProcessOutput(no_work=True).model_dump()
+    assert did_no_work({"skipped": True, "reason": "not ours"}) and did_no_work(CommitOutput(no_work=True).model_dump())
+    assert not did_no_work({"sha": "abc"}) and not did_no_work(None)

@@ -93,16 +93,14 @@ class HatchetStepContext:
         self.notes: dict[str, Any] = {}
 
     def parent(self, step: str) -> Any:
-        if step not in self._tasks:
+        task = self._tasks.get(step)
+        if task is None:
             raise RuntimeError(f"step {self._step} asked for the output of unknown step {step}")
-        # Read the parent's output as sent, not through `ctx.task_output`: Hatchet takes an output
-        # with `"skipped": true` for a task it skipped itself and refuses to hand it over, and our
-        # outputs use that very field (ProcessOutput(skipped=True) when there is nothing to do).
-        parents = getattr(getattr(self._ctx, "_data", None), "parents", None)
-        if parents is None or step not in parents:
-            raise RuntimeError(f"step {step} of run {self.run_id} has no output here; is it an ancestor of "
-                               f"{self._step} in the workflow?")
-        return self._flow.step(step).output.model_validate(parents[step])
+        try:
+            return self._ctx.task_output(task)  # validated by the task's output model (the spec's)
+        except ValueError as exc:
+            raise RuntimeError(f"step {step} of run {self.run_id} has no output here ({exc}); is it an ancestor "
+                               f"of {self._step} in the workflow?") from None
 
     def close(self) -> None:
         close = getattr(self._channel, "close", None)
