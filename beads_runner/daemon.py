@@ -8,153 +8,29 @@ claimed and checked before a session frees up), so claimed issues never pile up 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 
-from beads_runner import costs, procreg
-from beads_runner.config import STATE_DB
+from beads_runner import procreg
 from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.explain import trust_problem
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.notify import EngineEventFeed, Notifier
-from beads_runner.parking import Admission, Parking
+from beads_runner.parking import Admission
 from beads_runner.services import Services
 from workflows.engine import ACTIVE, CANCELLED, FAILED, PENDING, QUEUED, RUNNING, Engine, EngineUnavailable, open_engine
-from workflows.local import LocalEngine
-from workflows.spec import RetryPolicy, StepFailed
-from workflows.task_flow import SESSION_KEY, TASK_FLOW, TaskInput
+from workflows.spec import StepFailed
+from workflows.task_flow import TASK_FLOW, TaskInput
+
+from beads_runner.engine_setup import BudgetGuard, build_engine  # noqa: F401 - importable from here too
+from beads_runner.watcher import ChangeWatcher
 
 log = structlog.get_logger("beads_runner.daemon")
 
-
-
-class BudgetGuard:
-    """Whether today's spend leaves room for another session (agent.daily_budget_usd), asked often by
-    the engine and the daemon, so the answer is cached for a few seconds."""
-
-    def __init__(self, budget: float | None, state_dir: Path, ttl: float = 5.0, on_exceeded=None):
-        self.budget = budget
-        self.state_dir = state_dir
-        self.ttl = ttl
-        self.on_exceeded = on_exceeded  # called once a UTC day, when the budget is first found spent
-        self._checked = -1e9
-        self._exceeded = False
-        self._said_on: str | None = None
-        self._parking: Parking | None = None
-
-    def exceeded(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked >= self.ttl:
-            # `beads-runner resume --raise-budget USD` sets today's budget over the configured one.
-            if self._parking is None:
-                self._parking = Parking(self.state_dir)
-            budget = self._parking.budget_for_today(self.budget)
-            if budget is None:
-                self._checked, self._exceeded = now, False
-                return False
-            spent, budget, self._exceeded = costs.budget_status(budget, self.state_dir)
-            self._checked = now
-            day = costs.utc_day(time.time())
-            if self._exceeded and self._said_on != day:
-                self._said_on = day
-                log.warning(costs.BUDGET_EXCEEDED_MESSAGE, spent_usd=round(spent, 4), budget_usd=budget)
-                if self.on_exceeded is not None:
-                    self.on_exceeded(spent, budget)
-        return self._exceeded
-
-    def admit(self, _key: str) -> bool:
-        return not self.exceeded()
-
-    def invalidate(self) -> None:
-        """A step finished (maybe a session that spent money): look again at the next question."""
-        self._checked = -1e9
-
-
-def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard | None = None,
-                 admission: Admission | None = None) -> LocalEngine:
-    """The embedded engine for a repository, with the policies of its configuration."""
-    cfg = services.config
-    budget = budget or BudgetGuard(cfg.agent.daily_budget_usd, services.state_dir)
-    # No new session while the provider is parked or the daily budget is spent.
-    admission = admission or Admission(cfg, services.state_dir, budget_guard=budget)
-    procreg.configure(services.state_dir / "procs")
-    r = cfg.engine.retry
-    timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
-    engine = LocalEngine(
-        services.state_dir / STATE_DB, TASK_FLOW,
-        max_sessions=cfg.engine.max_sessions,
-        workers=cfg.engine.max_runs + cfg.engine.max_sessions,
-        retry=RetryPolicy(r.attempts, r.backoff, r.backoff_factor, r.backoff_max),
-        step_timeouts=timeouts,
-        default_timeout=cfg.engine.step_timeout,
-        poll=poll,
-        before_resume=procreg.reap_orphans,
-        admit=admission.admit,
-        handler_attempts=cfg.engine.handover_attempts,
-        handler_backoff=cfg.engine.handover_backoff,
-    )
-    # The parks' tables, created now (the engine has checked the database), outside any engine transaction.
-    admission.parking.active()
-    if admission.sessions_in_use is None:
-        # After a quota park, one session probes the provider before the others start.
-        admission.sessions_in_use = lambda: engine.sessions_in_use(SESSION_KEY)
-    return engine
-
-
-class ChangeWatcher:
-    """Notices changes under `.beads/` by stat alone: cheap enough to ask several times a second,
-    so a newly ready issue is picked up in well under a second instead of at the next poll."""
-
-    def __init__(self, root: Path, depth: int = 2, max_entries: int = 2000):
-        self.root = root
-        self.depth = depth
-        self.max_entries = max_entries
-        self._last, _ = self._scan(0)
-
-    def signature(self) -> tuple[int, int]:
-        return self._scan(0)[0]
-
-    def _scan(self, since_ns: int) -> tuple[tuple[int, int], list[int]]:
-        """((newest mtime, entry count), the mtimes newer than `since_ns`)."""
-        newest, count, fresh = 0, 0, []
-        stack = [(self.root, 0)]
-        while stack and count < self.max_entries:
-            path, level = stack.pop()
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        count += 1
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        newest = max(newest, st.st_mtime_ns)
-                        if st.st_mtime_ns > since_ns:
-                            fresh.append(st.st_mtime_ns)
-                        if entry.is_dir(follow_symlinks=False) and level < self.depth:
-                            stack.append((Path(entry.path), level + 1))
-            except OSError:
-                continue
-        return (newest, count), fresh
-
-    def changed(self, ours: Callable[[int], bool] | None = None) -> bool:
-        """Something changed since the last call. `ours(mtime_ns)` says a change came from the runner's
-        own tracker calls: the real bd touches its store even on reads, and a runner woken by its
-        own calls would poll again and again. A change counts if any new mtime is not ours."""
-        before = self._last
-        now, fresh = self._scan(before[0])
-        self._last = now
-        if now == before:
-            return False
-        if ours is None or now[1] != before[1] or not fresh:
-            return True
-        return not all(ours(mtime) for mtime in fresh)
 
 
 @dataclass

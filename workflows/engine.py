@@ -218,7 +218,7 @@ def open_engine(services: Services, *, budget: Any = None, admission: Any = None
         from workflows.hatchet import hatchet_engine
 
         return hatchet_engine(services)
-    from beads_runner.daemon import build_engine
+    from beads_runner.engine_setup import build_engine
 
     return build_engine(services, budget=budget, admission=admission)
 

@@ -109,7 +109,7 @@ def check_same_definition(hatchet: Any, services: Services, flow: WorkflowSpec =
 def build_worker(services: Services, name: str | None = None, hatchet: Any = None):
     """The worker for this repository's configuration (not started). Returns (worker, workflow)."""
     hatchet = hatchet or make_client(services)
-    from beads_runner.daemon import BudgetGuard
+    from beads_runner.engine_setup import BudgetGuard
     from beads_runner.parking import Admission
 
     # No new session while the provider is parked or the daily budget is spent, as on the embedded

@@ -52,7 +52,7 @@ def _seconds(value: float) -> timedelta:
 
 
 def step_timeout(spec: StepSpec, config: Config) -> float:
-    """The same timeout the embedded engine gives the step (see `daemon.build_engine`)."""
+    """The same timeout the embedded engine gives the step (see `engine_setup.build_engine`)."""
     return float(spec.timeout(config)) if spec.timeout is not None else float(config.engine.step_timeout)
 
 
