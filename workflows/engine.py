@@ -47,7 +47,7 @@ TRY_STATUSES: Final[tuple[TryStatus, ...]] = (RUNNING, SUCCEEDED, FAILED, "inter
 @dataclass
 class StepView:
     name: str
-    status: str  # StepStatus
+    status: StepStatus
     attempt: int
     max_attempts: int
     error: str | None
@@ -62,7 +62,7 @@ class StepView:
 class RunView:
     id: str
     key: str
-    status: str  # RunStatus
+    status: RunStatus
     input: dict[str, Any]
     created_at: float
     updated_at: float
@@ -88,7 +88,7 @@ class TryView(TypedDict):
     run_id: str
     step: str
     attempt: int
-    status: str  # TryStatus
+    status: TryStatus
     error: str | None
     started_at: float | None
     finished_at: float | None
