@@ -200,8 +200,14 @@ class Runner:
     def _worth_asking(self) -> bool:
         """Whether a wake from the engine can change the tracker's last answer. After "nothing
         claimable", a step that freed no session and ended no run (check-deps, verify) cannot: asking
-        bd again would only cost a call (about 0.3 s with the real bd)."""
-        return self._drained_at is None or self._drained_at != self._capacity()
+        bd again would only cost a call (about 0.3 s with the real bd). An engine that does not
+        answer cannot say: poll (which waits for it)."""
+        if self._drained_at is None:
+            return True
+        try:
+            return self._drained_at != self._capacity()
+        except EngineUnavailable:
+            return True
 
     def _refuse(self, issue_id: str) -> None:
         """An id that cannot name a branch or a path is never used for one: the issue goes to a person
