@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,14 +59,6 @@ class HatchetRuns:
         self.flow = flow
         self.services = services
         self.repo = repo_namespace(services)  # the same on every machine working this repository
-        self._listeners: list[Callable[[], None]] = []
-        self.started = False
-        # Runs this process started and has not yet seen end: the runs list is read from the engine's
-        # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
-        self._pending: set[str] = set()
-        self._watcher: threading.Thread | None = None
-        self.settings_from_up = False  # the client settings came from `beads-runner hatchet up`
-        self._next_sweep = 0.0
 
     def _meta(self, key: str | None = None) -> dict[str, str]:
         meta = {META_WORKFLOW: self.flow.name, META_REPO: self.repo}

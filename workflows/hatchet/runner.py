@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -21,6 +22,8 @@ from workflows.hatchet.client import _wait_for_engine, make_client
 from workflows.hatchet.engine import _ACTIVE, HatchetRuns, HatchetUnavailable
 from workflows.hatchet.worker import _put_rate_limit, register_definition
 from workflows.hatchet.workflow import build_workflow
+from workflows.spec import WorkflowSpec
+from workflows.task_flow import TASK_FLOW
 
 log = structlog.get_logger("beads_runner.hatchet")
 
@@ -34,6 +37,17 @@ class HatchetEngine(HatchetRuns):
     """`workflows.engine.Engine` on Hatchet: what `daemon.Runner` asks of an engine.
 
     Runs execute on workers (`beads-runner worker`), not here: `start`/`stop` only mark the loop."""
+
+    def __init__(self, hatchet: Any, workflow: Any, services: Services, *, flow: WorkflowSpec = TASK_FLOW):
+        super().__init__(hatchet, workflow, services, flow=flow)
+        self._listeners: list[Callable[[], None]] = []
+        self.started = False
+        # Runs this process started and has not yet seen end: the runs list is read from the engine's
+        # analytics tables, which may lag a new run by a moment, and `--once` must not stop before it.
+        self._pending: set[str] = set()
+        self._watcher: threading.Thread | None = None
+        self.settings_from_up = False  # the client settings came from `beads-runner hatchet up`
+        self._next_sweep = 0.0
 
     def submit(self, inp: BaseModel) -> tuple[str, bool]:
         from hatchet_sdk.exceptions import IdempotencyCollisionError
