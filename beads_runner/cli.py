@@ -34,10 +34,6 @@ def _services(ctx: click.Context) -> Services:
     if "services" not in obj:
         repo = obj["repo"]
         obj["services"] = register_services(Services(repo, load_config(repo)))
-        if obj["services"].config.engine.kind == "hatchet":
-            from beads_runner.hatchet_local import load_client_env
-
-            load_client_env(obj["services"].state_dir)  # `hatchet up`'s settings, unless the user set a token
     return obj["services"]
 
 
@@ -123,20 +119,12 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     if dry_run:
         _dry_run(svc)
         return
-    if svc.config.engine.kind == "hatchet":
-        from workflows.hatchet import start_with_hatchet
+    from beads_runner.daemon import start as start_runner
 
-        # Only submits: the steps run on `beads-runner worker`, which enters the sandbox itself.
-        sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
-    from beads_runner.daemon import Runner
-
-    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
     _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
-    _preflight(svc)
-    runner = Runner(svc)
-    _install_signal_handlers(runner)
-    sys.exit(runner.run(once=once, poll_interval=poll_interval))
+    sys.exit(start_runner(svc, once=once, poll_interval=poll_interval, preflight=_preflight,
+                          on_runner=_install_signal_handlers))
 
 
 def _require_writable_state(svc: Services) -> None:
@@ -152,17 +140,21 @@ def _require_writable_state(svc: Services) -> None:
                               "then start again") from None
 
 
-def _preflight(svc: Services) -> None:
-    """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
+def _preflight(svc: Services, steps_run_here: bool = True) -> None:
+    """Fail before claiming anything if the tracker, the agent or the target branch is unusable.
+    The gates and the agent are checked where the steps run (for Hatchet: `worker` checks them)."""
     svc.workspace.check_target()
-    from quality_gates.gates import missing_commands
+    if steps_run_here:
+        from quality_gates.gates import missing_commands
 
-    missing = missing_commands(svc.gates, svc.repo)
-    if missing:
-        raise ConfigError(f"gate command not found: {', '.join(missing)}",
-                          fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
-                              "(a relative path is taken from the repository root)")
+        missing = missing_commands(svc.gates, svc.repo)
+        if missing:
+            raise ConfigError(f"gate command not found: {', '.join(missing)}",
+                              fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
+                                  "(a relative path is taken from the repository root)")
     svc.tracker.version()
+    if not steps_run_here:
+        return
     resolve = getattr(svc.agent, "resolve_executable", None)
     if resolve is not None:
         resolve()
@@ -174,8 +166,9 @@ def _install_signal_handlers(runner) -> None:
     def handler(signum, _frame):
         state["count"] += 1
         if state["count"] == 1:
-            click.echo(f"\n{signal.Signals(signum).name}: no new claims; running sessions get "
-                       f"{runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)", err=True)
+            then = (f"running sessions get {runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)"
+                    if runner.engine.steps_run_here else "runs in flight go on on the workers")
+            click.echo(f"\n{signal.Signals(signum).name}: no new claims; {then}", err=True)
             runner.request_stop()
         else:
             click.echo("stopping now; unfinished runs resume at the next start", err=True)
@@ -214,50 +207,44 @@ def _dry_run(svc: Services) -> None:
 @click.pass_context
 def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
     """Run one issue now (it is claimed by its check-deps step)."""
-    from beads_runner.daemon import build_engine
     from beads_runner.ids import require_safe_issue_id
+    from workflows.engine import SUCCEEDED, open_engine
     from workflows.task_flow import TaskInput
 
     require_safe_issue_id(issue_id)
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=wait)
     svc.tracker.show(issue_id)  # a missing issue is an error now, not a failed run later
-    if svc.config.engine.kind == "hatchet":
-        from workflows.hatchet import hatchet_engine
-
-        engine = hatchet_engine(svc)
-        run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
-        click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id} (on Hatchet)")
-        if wait:
-            while (view := engine.get_run(run_id)) is None or view.status in ("queued", "running", "failing"):
-                time.sleep(2)
-            _print_outcome(view)
-            sys.exit(0 if view.status == "succeeded" else 1)
-        return
-    if wait:
-        svc.enter_sandbox()
-    engine = build_engine(svc)
+    engine = open_engine(svc)
+    if wait and engine.steps_run_here:
+        svc.enter_sandbox()  # the steps run in this process: confined before the run is submitted
     run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
-    click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")
+    url = engine.dashboard_url(run_id)
+    click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}"
+               + (f" ({url})" if url else ""))
     if not wait:
-        click.echo("a running `beads-runner start` picks it up; or use --wait to run it here")
+        click.echo("a running `beads-runner start` picks it up; or use --wait to wait for it here")
         return
     engine.start()
     try:
         view = engine.wait(run_id)
     except KeyboardInterrupt:
         engine.stop()
-        click.echo("interrupted; the run resumes at the next start", err=True)
+        click.echo("interrupted; the run goes on at the next start", err=True)
         sys.exit(130)
     engine.stop()
+    if view is None:
+        raise RunnerError(f"run {run_id} cannot be read back", fix="`beads-runner status` shows the runs")
     _print_outcome(view)
-    sys.exit(0 if view.status == "succeeded" else 1)
+    sys.exit(0 if view.status == SUCCEEDED else 1)
 
 
 def _print_outcome(view) -> None:
+    from workflows.task_flow import did_no_work
+
     if view.status == "succeeded":
         out = view.outcome or {}
-        if out.get("skipped"):
+        if did_no_work(out):
             click.echo(f"{view.key}: skipped ({out.get('reason')})")
         else:
             click.echo(f"{view.key}: {out.get('close_reason')}")

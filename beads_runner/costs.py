@@ -156,36 +156,20 @@ def _attempt_of(path: Path) -> int | None:
 
 def read_process_attempts(state_dir: Path, run_id: str | None = None,
                           since: float | None = None) -> list[dict[str, Any]]:
-    """The process attempts recorded by the embedded engine (read-only): run_id, attempt, started_at,
-    finished_at, status, error, notes (a dict). Empty when there is no database."""
+    """The process attempts recorded by the embedded engine (read-only): run_id, step, attempt,
+    started_at, finished_at, status, error, notes (a dict). Empty when there is no database."""
+    from workflows.local import Store
+
     db = Path(state_dir) / STATE_DB
     if not db.exists():
         return []
-    sql = "SELECT run_id, attempt, started_at, finished_at, status, error, notes FROM attempts WHERE step=?"
-    args: list[Any] = [PROCESS_STEP]
-    if run_id is not None:
-        sql += " AND run_id=?"
-        args.append(run_id)
-    if since is not None:
-        sql += " AND COALESCE(finished_at, started_at) >= ?"
-        args.append(since)
+    store = Store(db, read_only=True)  # the engine's own reader; read-only: asked every few seconds
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
-        try:
-            rows = conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return [dict(t) for t in store.tries(PROCESS_STEP, run_id=run_id, since=since)]
     except sqlite3.Error:
         return []
-    out = []
-    for run, attempt, started, finished, status, error, notes in rows:
-        try:
-            parsed = json.loads(notes) if notes else {}
-        except json.JSONDecodeError:
-            parsed = {}
-        out.append({"run_id": run, "attempt": attempt, "started_at": started, "finished_at": finished,
-                    "status": status, "error": error, "notes": parsed if isinstance(parsed, dict) else {}})
-    return out
+    finally:
+        store.close()
 
 
 def sessions(state_dir: Path, *, run_id: str | None = None, since: float | None = None,

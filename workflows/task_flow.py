@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from beads_runner.actions import RetryNote, retry_message
 from beads_runner.agent.base import SessionRequest, TokenUsage
@@ -40,6 +40,12 @@ WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
 
 
+def did_no_work(outcome: dict | None) -> bool:
+    """Whether a run's outcome (the commit step's output, as stored) says nothing was worked on:
+    `no_work`, or `skipped` as earlier releases wrote it."""
+    return bool(outcome and (outcome.get("no_work") or outcome.get("skipped")))
+
+
 class TaskInput(BaseModel):
     issue_id: str
     repo: str  # absolute path of the repository (on the machine running the step)
@@ -52,7 +58,10 @@ class CheckDepsOutput(BaseModel):
 
 
 class ProcessOutput(BaseModel):
-    skipped: bool = False
+    # Nothing was worked on (the issue not ours, or a person's word): not `skipped`, which Hatchet
+    # reserves for a task it skipped itself (`Context.was_skipped`); outputs written as `skipped` by
+    # earlier releases still read.
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
     session_id: str | None = None
     summary: str = ""
     tokens: TokenUsage = Field(default_factory=TokenUsage)
@@ -68,14 +77,14 @@ class ProcessOutput(BaseModel):
 
 
 class VerifyOutput(BaseModel):
-    skipped: bool = False
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
     superseded: str = ""
     report: SuiteReport = Field(default_factory=SuiteReport)
 
 
 class CommitOutput(BaseModel):
-    skipped: bool = False
-    reason: str = ""  # why skipped
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
+    reason: str = ""  # why no work was done
     sha: str = ""
     target: str = ""
     close_reason: str = ""
@@ -236,7 +245,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     later attempt continues the same session from them."""
     deps: CheckDepsOutput = ctx.parent("check-deps")
     if not deps.proceed or deps.issue is None:
-        return ProcessOutput(skipped=True)
+        return ProcessOutput(no_work=True)
     svc = _services(inp)
     issue = deps.issue
     watch = IssueWatch(svc.tracker, issue.id, interval=svc.config.tracker.poll_interval, cancel=ctx.cancel)
@@ -254,7 +263,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
 def _superseded(ctx: StepContext, reason: str | None) -> ProcessOutput:
     ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=reason)
     ctx.note(superseded=reason)
-    return ProcessOutput(skipped=True, superseded=reason or "superseded")
+    return ProcessOutput(no_work=True, superseded=reason or "superseded")
 
 
 def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watch: IssueWatch) -> ProcessOutput:
@@ -416,8 +425,8 @@ def fix_message(report: SuiteReport) -> str:
 def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     """Run every quality gate in the worktree. The agent's own claims count for nothing."""
     proc: ProcessOutput = ctx.parent("process")
-    if proc.skipped:
-        return VerifyOutput(skipped=True, superseded=proc.superseded)
+    if proc.no_work:
+        return VerifyOutput(no_work=True, superseded=proc.superseded)
     svc = _services(inp)
     # (No tracker read here: commit reads the issue right before landing, one call per run less.)
     deps: CheckDepsOutput = ctx.parent("check-deps")
@@ -447,9 +456,9 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     deps: CheckDepsOutput = ctx.parent("check-deps")
     proc: ProcessOutput = ctx.parent("process")
     ver: VerifyOutput = ctx.parent("verify")
-    if proc.skipped or ver.skipped or deps.issue is None:
+    if proc.no_work or ver.no_work or deps.issue is None:
         superseded = ver.superseded or proc.superseded
-        return CommitOutput(skipped=True, reason=f"superseded: {superseded}" if superseded else deps.reason,
+        return CommitOutput(no_work=True, reason=f"superseded: {superseded}" if superseded else deps.reason,
                             superseded=superseded)
     svc = _services(inp)
     ws, tracker, issue = svc.workspace, svc.tracker, deps.issue
@@ -468,7 +477,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
         # Right before landing, the tracker once more: a person's word wins over the gates' verdict.
         if why := check_issue(tracker, issue.id):
             ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=why)
-            return CommitOutput(skipped=True, reason=f"superseded: {why}", superseded=why)
+            return CommitOutput(no_work=True, reason=f"superseded: {why}", superseded=why)
         ws.commit(issue.id, message, paths=proc.changed_files)
         failpoint("after-commit")
 

@@ -188,3 +188,40 @@ def test_bd_tracker_knows_the_times_of_its_own_calls(tmp_path, monkeypatch):
     assert tracker.changed_store_at((before + after) // 2)
     assert not tracker.changed_store_at(before - 10 * OWN_CHANGE_SLACK_NS)
     assert not tracker.changed_store_at(after + 10 * OWN_CHANGE_SLACK_NS)
+
+
+def test_an_engine_that_does_not_answer_is_asked_again_not_fatal(repo):
+    # Any engine (Hatchet's API down, say) may raise EngineUnavailable: the poll claims nothing and
+    # the loop goes on; `--once` does not call it idle; an unknown end is not a success.
+    from workflows.engine import EngineUnavailable
+    from workflows.local import LocalEngine
+    from workflows.task_flow import TASK_FLOW
+
+    class Down(LocalEngine):
+        down = True
+
+        def runs(self, *args, **kwargs):
+            if self.down:
+                raise EngineUnavailable("the engine is down", fix="start it")
+            return super().runs(*args, **kwargs)
+
+        def has_active_runs(self):
+            if self.down:
+                raise EngineUnavailable("the engine is down", fix="start it")
+            return super().has_active_runs()
+
+        def settled_run(self, run_id):
+            return None
+
+    JsonlTracker(repo).create("Ready", id="t-1")
+    svc = register_services(Services(repo, load_config(repo)))
+    engine = Down(repo / ".beads-runner" / "state.db", TASK_FLOW)
+    runner = Runner(svc, engine=engine)
+    assert runner.poll_once().submitted == []
+    assert JsonlTracker(repo).show("t-1").status == "open"  # nothing claimed while it was down
+    runner._drained_at = (0, 0)
+    assert runner._worth_asking() and not runner._idle()
+    runner.submitted.append("run-x")
+    assert runner.exit_code() == 1
+    engine.down = False
+    assert len(runner.poll_once().submitted) == 1

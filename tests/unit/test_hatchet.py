@@ -224,16 +224,16 @@ def test_each_task_runs_the_same_step_function_with_the_same_result(repo, issue_
     parents = {"check-deps": dump(got_deps)}
     got_proc = asyncio.run(tasks["process"].aio_mock_run(inp, parent_outputs=parents))
     assert got_proc == TASK_FLOW.step("process").fn(inp, DirectContext({"check-deps": want_deps}))
-    assert isinstance(got_proc, ProcessOutput) and got_proc.skipped
+    assert isinstance(got_proc, ProcessOutput) and got_proc.no_work
     parents["process"] = dump(got_proc)
     got_ver = asyncio.run(tasks["verify"].aio_mock_run(inp, parent_outputs=parents))
-    assert isinstance(got_ver, VerifyOutput) and got_ver.skipped
+    assert isinstance(got_ver, VerifyOutput) and got_ver.no_work
     parents["verify"] = dump(got_ver)
     got_commit = asyncio.run(tasks["commit"].aio_mock_run(inp, parent_outputs=parents))
     want_commit = TASK_FLOW.step("commit").fn(inp, DirectContext(
         {"check-deps": want_deps, "process": got_proc, "verify": got_ver}))
     assert isinstance(got_commit, CommitOutput) and got_commit == want_commit
-    assert got_commit.skipped and "not ours" in got_commit.reason
+    assert got_commit.no_work and "not ours" in got_commit.reason
     assert [c[0] for c in calls] == ["check-deps", "process", "verify", "commit"]
     assert all(fn is TASK_FLOW.step(name).fn for name, fn in calls)
 
@@ -300,7 +300,7 @@ def test_retryable_step_failure_is_retried_by_hatchet():
 def test_a_parked_step_waits_in_place_and_runs_again_without_spending_a_try(monkeypatch):
     from workflows.spec import StepParked
 
-    monkeypatch.setattr(hb, "WAIT_STEP", 0.05)
+    monkeypatch.setattr("workflows.hatchet.workflow.WAIT_STEP", 0.05)
     calls, admitted = [], []
 
     def process(inp, ctx):
