@@ -14,7 +14,7 @@ import pytest
 from beads_runner import costs
 from workflows.local import SCHEMA
 
-SAMPLE = Path("/work/shared/opencode/run-success.events.ndjson")
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "opencode" / "run-success.events.ndjson"
 
 
 def ts(text: str) -> float:
@@ -28,14 +28,7 @@ DAY3_NOON = ts("2026-11-22T12:00:00")
 
 
 def sample_events() -> list[dict]:
-    if SAMPLE.exists():
-        return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    tokens = {"total": 109, "input": 102, "output": 7, "reasoning": 0, "cache": {"write": 0, "read": 0}}
-    return [{"type": "step_start", "sessionID": "ses_x", "part": {}},
-            {"type": "step_finish", "sessionID": "ses_x", "part": {"reason": "tool-calls", "tokens": tokens}},
-            {"type": "text", "sessionID": "ses_x", "part": {"text": "done"}},
-            {"type": "step_finish", "sessionID": "ses_x",
-             "part": {"reason": "stop", "tokens": {**tokens, "total": 110, "input": 103}}}]
+    return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
 
 
 def stream(costs_and_times: list[tuple[float, float]], *, cache_read: int = 0) -> str:

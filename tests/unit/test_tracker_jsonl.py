@@ -18,7 +18,7 @@ from beads_runner.tracker.jsonl import JsonlTracker
 from beads_runner.tracker.parse import CloseBlocked
 from tests.fakes.bd_standin import bd_json, make_beads_repo, put_bd_on_path
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "beads" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "beads"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 T0 = "2026-01-01T00:00:00Z"
 
@@ -324,8 +324,6 @@ def test_create_and_add_dependency(repo: Path):
 
 
 def test_fixture_format_files(repo: Path):
-    if not FIXTURES.is_dir():
-        pytest.skip(f"the shared bd fixtures are not here ({FIXTURES})")
     text = "".join(p.read_text(encoding="utf-8") for p in sorted(FIXTURES.glob("*.issues*.jsonl")))
     path = repo / ".beads" / "issues.jsonl"
     path.parent.mkdir()
