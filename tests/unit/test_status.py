@@ -294,23 +294,20 @@ def test_watch_redraws_until_ctrl_c_and_returns_cleanly(recorded, monkeypatch):
 
     import beads_runner.status as status_mod
 
-    ticks = {"n": 0}
-
-    def sleep(_seconds):
-        ticks["n"] += 1
-        if ticks["n"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(status_mod.time, "sleep", sleep)
+    # No clock is patched: the watch redraws with no pause (interval 0), and Ctrl-C arrives while
+    # the third status is being collected: the first draw and two redraws went out.
     calls = {"n": 0}
     real = status_mod.collect_status
 
     def counting(*args, **kwargs):
         calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(status_mod, "collect_status", counting)
     buf = io.StringIO()
-    status_mod.watch_status(services(recorded), console=Console(file=buf, width=160, force_terminal=False))
-    assert calls["n"] == 3  # the first draw and two refreshes; Ctrl-C during the third wait
+    status_mod.watch_status(services(recorded), interval=0,
+                            console=Console(file=buf, width=160, force_terminal=False))
+    assert calls["n"] == 3
     assert "sessions in use: 0/3" in buf.getvalue()
