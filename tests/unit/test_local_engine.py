@@ -1,4 +1,4 @@
-"""The embedded engine on toy workflows: DAG order, retries with backoff, the cap, resume, failure."""
+"""The embedded engine on toy workflows: parents before children, retries with backoff, the cap, resume, failure."""
 
 from __future__ import annotations
 
@@ -84,19 +84,38 @@ def engine(tmp_path, **kw):
     return LocalEngine(tmp_path / "state.db", make_flow(), **kw)
 
 
-def test_steps_run_in_dag_order_and_outputs_flow_to_children(tmp_path):
-    eng = engine(tmp_path)
+def test_a_step_starts_only_after_all_its_parents_and_reads_each_parents_output(tmp_path):
+    """A diamond: a -> (b, c) -> d. c reads a (not the
+    step before it), d reads both b and c; each step starts after every parent finished."""
+    seen: dict[str, str] = {}
+
+    def step(name, parents):
+        def fn(inp: Inp, ctx) -> Out:
+            got = "+".join(ctx.parent(p).value for p in parents)
+            seen[name] = got
+            return Out(value=f"{name}({got})" if parents else name)
+        return fn
+
+    flow = WorkflowSpec(name="diamond", input=Inp, key=lambda inp: inp.key, steps=(
+        StepSpec("a", step("a", ()), Out),
+        StepSpec("b", step("b", ("a",)), Out, parents=("a",)),
+        StepSpec("c", step("c", ("a",)), Out, parents=("a",)),
+        StepSpec("d", step("d", ("b", "c")), Out, parents=("b", "c")),
+    ))
+    eng = LocalEngine(tmp_path / "state.db", flow, retry=RetryPolicy(attempts=1, backoff=0.01))
     eng.start()
     try:
         run_id, created = eng.submit(Inp(key="k1"))
-        view = eng.wait(run_id, timeout=10)
+        view = eng.wait(run_id, timeout=60)
     finally:
         eng.stop()
-    assert created
-    assert view.status == "succeeded"
-    assert [c[1] for c in calls] == ["a", "b", "c"]
-    assert view.outcome == {"value": "abc"}
-    assert [s.status for s in view.steps] == ["succeeded"] * 3
+    assert created and view.status == "succeeded", view
+    assert seen == {"a": "", "b": "a", "c": "a", "d": "b(a)+c(a)"}
+    assert view.outcome == {"value": "d(b(a)+c(a))"}
+    times = {a["step"]: (a["started_at"], a["finished_at"]) for a in eng.attempts(run_id)}
+    for child, parents in {"b": "a", "c": "a", "d": "bc"}.items():
+        for parent in parents:
+            assert times[child][0] >= times[parent][1], f"{child} started before its parent {parent} finished"
 
 
 def test_one_active_run_per_key(tmp_path):
@@ -192,28 +211,47 @@ def test_stop_interrupts_without_spending_an_attempt_and_a_new_engine_resumes(tm
     resumed = LocalEngine(tmp_path / "state.db", make_flow(), retry=RetryPolicy(backoff=0.01))
     resumed.start()
     try:
-        view = resumed.wait(run_id, timeout=2)
-        assert view.status == "running"  # b is running again (it sleeps 30 s)
-        assert [c[1] for c in calls] == ["b"]  # a was not run again
+        deadline = time.monotonic() + 60  # b runs again (it sleeps 30 s): wait until it holds its slot
+        while resumed.sessions_in_use("slot") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        step_b = next(s for s in resumed.get_run(run_id).steps if s.name == "b")
+        assert (step_b.status, step_b.attempt) == ("running", 1)  # the interrupted try was not spent
+        assert [c[1:] for c in calls] == [("b", 1)]  # a was not run again
     finally:
         resumed.stop()
 
 
-def test_orphaned_step_of_a_dead_owner_is_resumed(tmp_path):
+def test_orphaned_step_of_a_dead_owner_is_resumed_and_a_live_owners_is_not(tmp_path):
+    import os
+    import socket
+
+    from tests.helpers import dead_pid
+
     eng = engine(tmp_path)
     run_id, _ = eng.submit(Inp(key="orphan"))
     db = eng._conn()
-    # Simulate a runner that died while holding step a: a pid that does not exist, lease in the future.
-    db.execute("UPDATE steps SET status='running', attempt=1, owner=?, lease_until=? WHERE run_id=? AND name='a'",
-               (f"{__import__('socket').gethostname()}:999999:dead", time.time() + 3600, run_id))
+
+    def held_by(pid: int) -> None:  # step a held by a runner with this pid, its lease an hour ahead
+        db.execute("UPDATE steps SET status='running', attempt=1, owner=?, lease_until=? "
+                   "WHERE run_id=? AND name='a'", (f"{socket.gethostname()}:{pid}:other", time.time() + 3600, run_id))
+
+    def step_a():
+        return next(s for s in eng.get_run(run_id).steps if s.name == "a")
+
+    held_by(os.getpid())  # alive (this very process, as another engine in it): its lease stands
+    eng._recover_orphans()
+    assert (step_a().status, step_a().attempt) == ("running", 1)
+    held_by(dead_pid())  # a runner that died holding it
+    eng._recover_orphans()
+    assert (step_a().status, step_a().attempt) == ("pending", 0)  # back, the interrupted try not spent
+    assert any(e["event"] == "step resumed" for e in eng.events(run_id))
     eng.start()
     try:
-        view = eng.wait(run_id, timeout=10)
+        view = eng.wait(run_id, timeout=60)
     finally:
         eng.stop()
     assert view.status == "succeeded"
-    a = next(s for s in view.steps if s.name == "a")
-    assert a.attempt == 1  # the interrupted attempt was not counted
+    assert step_a().attempt == 1
 
 
 def test_a_step_outcome_the_full_disk_refused_is_recorded_once_space_is_back(tmp_path, monkeypatch):
