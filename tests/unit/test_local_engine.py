@@ -17,7 +17,6 @@ class Inp(BaseModel):
     fail_times: int = 0
     retryable: bool = True
     sleep: float = 0.0
-    hold_until_active: int = 0  # b waits (up to 20 s) until this many b steps have run at once
 
 
 class Out(BaseModel):
@@ -39,9 +38,6 @@ def _step(name):
                 active["now"] += 1
                 active["max"] = max(active["max"], active["now"])
             try:
-                held = time.monotonic() + 20
-                while inp.hold_until_active and active["max"] < inp.hold_until_active and time.monotonic() < held:
-                    time.sleep(0.01)
                 deadline = time.monotonic() + inp.sleep
                 while time.monotonic() < deadline and not ctx.cancel.is_set():
                     time.sleep(0.01)
@@ -170,17 +166,48 @@ def test_non_retryable_failure_stops_at_once(tmp_path):
 
 
 def test_concurrency_cap_holds_and_is_filled(tmp_path):
-    eng = engine(tmp_path, max_sessions=3, workers=8)
+    """Seven runs, cap 3: three sessions start and hold; while they hold, the dispatcher weighs the
+    four others (admission is asked for them, twice over) and starts none; released, all finish."""
+    release, cond = threading.Event(), threading.Condition()
+    state = {"now": 0, "max": 0, "asked": 0}
+
+    def session(inp: Inp, ctx) -> Out:
+        with cond:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            cond.notify_all()
+        try:
+            release.wait(60)
+        finally:
+            with cond:
+                state["now"] -= 1
+        return Out(value="done")
+
+    def admit(key):
+        with cond:
+            state["asked"] += 1
+            cond.notify_all()
+        return True
+
+    flow = WorkflowSpec(name="capped", input=Inp, key=lambda inp: inp.key,
+                        steps=(StepSpec("s", session, Out, concurrency_key="slot"),))
+    eng = LocalEngine(tmp_path / "state.db", flow, max_sessions=3, workers=8, admit=admit,
+                      retry=RetryPolicy(attempts=1, backoff=0.01))
     eng.start()
     try:
-        # Each b holds until three have run side by side: the cap is filled whatever the machine's
-        # speed, and a cap that let more through would show as more than three.
-        ids = [eng.submit(Inp(key=f"k{i}", sleep=0.05, hold_until_active=3))[0] for i in range(7)]
+        ids = [eng.submit(Inp(key=f"k{i}"))[0] for i in range(7)]
+        with cond:
+            assert cond.wait_for(lambda: state["now"] == 3, timeout=60), state
+            asked = state["asked"]
+            assert cond.wait_for(lambda: state["asked"] >= asked + 8, timeout=60), state
+        assert state["now"] == 3 and eng.sessions_in_use("slot") == 3
+        release.set()
         views = [eng.wait(r, timeout=60) for r in ids]
     finally:
+        release.set()
         eng.stop()
     assert all(v.status == "succeeded" for v in views)
-    assert active["max"] == 3
+    assert state["max"] == 3
 
 
 def test_step_timeout_cancels_and_counts_as_a_failed_attempt(tmp_path):
@@ -211,8 +238,8 @@ def test_stop_interrupts_without_spending_an_attempt_and_a_new_engine_resumes(tm
     resumed = LocalEngine(tmp_path / "state.db", make_flow(), retry=RetryPolicy(backoff=0.01))
     resumed.start()
     try:
-        deadline = time.monotonic() + 60  # b runs again (it sleeps 30 s): wait until it holds its slot
-        while resumed.sessions_in_use("slot") == 0 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60  # b runs again (it sleeps 30 s): wait until its function runs
+        while not calls and time.monotonic() < deadline:
             time.sleep(0.02)
         step_b = next(s for s in resumed.get_run(run_id).steps if s.name == "b")
         assert (step_b.status, step_b.attempt) == ("running", 1)  # the interrupted try was not spent
