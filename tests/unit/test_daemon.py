@@ -4,7 +4,6 @@ what it leaves alone, and what it refuses."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -149,28 +148,6 @@ def test_what_the_gates_leave_behind_is_never_committed(repo, tmp_path):
     assert run_once(repo) == 0
     files = git(repo, "show", "--name-only", "--format=", "main").split()
     assert files == ["work-t-by.txt"]
-
-
-def test_the_beads_watcher_ignores_changes_the_runners_own_calls_made(tmp_path):
-    """The real bd touches its store even when it only reads: a runner woken by its own calls would
-    poll without end. A change counts only if some new mtime is not the runner's own."""
-    from beads_runner.daemon import ChangeWatcher
-
-    beads = tmp_path / ".beads"
-    beads.mkdir()
-    store = beads / "store"
-    store.write_text("0")
-    watcher = ChangeWatcher(beads)
-    assert not watcher.changed()
-
-    store.write_text("1")
-    mine = os.stat(store).st_mtime_ns
-    assert not watcher.changed(ours=lambda mtime: mtime == mine)
-
-    os.utime(store, ns=(mine + 10**9, mine + 10**9))  # a write by someone else
-    assert watcher.changed(ours=lambda mtime: mtime == mine)
-    (beads / "new-file").write_text("")  # an entry appeared: always a change
-    assert watcher.changed(ours=lambda mtime: True)
 
 
 def test_bd_tracker_knows_the_times_of_its_own_calls(tmp_path, monkeypatch):

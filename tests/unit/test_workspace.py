@@ -145,12 +145,22 @@ def test_land_when_target_is_not_checked_out_uses_compare_and_swap(repo):
 
 def test_remove_worktree_deletes_only_merged_branches(repo):
     ws = Workspace(repo)
-    path = ws.ensure_worktree("bd-9")
-    (path / "g.txt").write_text("g\n")
-    ws.commit("bd-9", msg("bd-9"))
-    ws.remove_worktree("bd-9")  # not landed: the branch must stay
-    assert not path.exists()
-    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9")
+    kept = ws.ensure_worktree("bd-9")
+    (kept / "g.txt").write_text("g\n")
+    unlanded = ws.commit("bd-9", msg("bd-9"))
+    landed_wt = ws.ensure_worktree("bd-10")
+    (landed_wt / "h.txt").write_text("h\n")
+    ws.commit("bd-10", msg("bd-10"))
+    ws.land("bd-10")
+
+    ws.remove_worktree("bd-9")  # not landed: the worktree goes, the branch and its commit stay
+    ws.remove_worktree("bd-10")  # landed: both go
+    assert not kept.exists() and not landed_wt.exists()
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert str(kept) not in listed and str(landed_wt) not in listed  # git forgot them too
+    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9") == unlanded
+    assert git(repo, "branch", "--list", "beads-runner/bd-10") == ""
+    assert (repo / "h.txt").exists() and not (repo / "g.txt").exists()  # main has only the landed work
 
 
 # --- land.push: many machines, one remote --------------------------------------------------------
