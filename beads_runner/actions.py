@@ -19,8 +19,8 @@ from beads_runner.jsonfile import JsonFile
 from beads_runner.parking import Parking
 from beads_runner.services import Services
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
+from workflows.engine import ACTIVE, FAILED, QUEUED, RUNNING, Engine, RunView, open_engine
 
-ACTIVE = ("queued", "running", "failing")
 
 
 def person() -> str:
@@ -55,16 +55,11 @@ def retry_message(note: dict[str, Any]) -> str:
     return text
 
 
-def _engine(svc: Services):
-    if svc.config.engine.kind == "hatchet":
-        raise RunnerError("retry and cancel work on the embedded engine only",
-                          fix="use the Hatchet dashboard to cancel or replay a run")
-    from beads_runner.daemon import build_engine
-
-    return build_engine(svc)
+def _engine(svc: Services) -> Engine:
+    return open_engine(svc)
 
 
-def _latest_run(engine, issue_id: str):
+def _latest_run(engine: Engine, issue_id: str) -> RunView | None:
     runs = engine.runs(key=issue_id, limit=1)
     return runs[0] if runs else None
 
@@ -112,7 +107,7 @@ def retry_issue(svc: Services, issue_id: str, *, fresh: bool = False, by: str | 
     if issue.status == "closed":
         raise RunnerError(f"{issue_id} is closed", fix="reopen it in the tracker if it needs more work")
     handed = NEEDS_HUMAN_LABEL in issue.labels or issue.status == "blocked" or (
-        run is not None and run.status == "failed")
+        run is not None and run.status == FAILED)
     if not handed:
         raise RunnerError(f"{issue_id} was not handed to a person (status {issue.status}, "
                           f"no {NEEDS_HUMAN_LABEL} label)",
@@ -146,7 +141,7 @@ def cancel_issue(svc: Services, issue_id: str, *, by: str | None = None, wait: f
     by = by or person()
     engine = _engine(svc)
     run = _latest_run(engine, issue_id)
-    if run is None or run.status not in ("queued", "running"):
+    if run is None or run.status not in (QUEUED, RUNNING):
         state = "no run" if run is None else f"its last run is {run.status}"
         raise RunnerError(f"{issue_id} has no run in flight ({state})",
                           fix=f"`beads-runner explain {issue_id}` says where it is")

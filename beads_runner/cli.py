@@ -96,20 +96,12 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
     if dry_run:
         _dry_run(svc)
         return
-    if svc.config.engine.kind == "hatchet":
-        from workflows.hatchet import start_with_hatchet
+    from beads_runner.daemon import start as start_runner
 
-        # Only submits: the steps run on `beads-runner worker`, which enters the sandbox itself.
-        sys.exit(start_with_hatchet(svc, once=once, poll_interval=poll_interval))
-    from beads_runner.daemon import Runner
-
-    svc.enter_sandbox()  # before anything is claimed: no sandbox that can work, no start
     _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
-    _preflight(svc)
-    runner = Runner(svc)
-    _install_signal_handlers(runner)
-    sys.exit(runner.run(once=once, poll_interval=poll_interval))
+    sys.exit(start_runner(svc, once=once, poll_interval=poll_interval, preflight=_preflight,
+                          on_runner=_install_signal_handlers))
 
 
 @main.command()
@@ -118,44 +110,36 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
 @click.pass_context
 def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
     """Run one issue now (it is claimed by its check-deps step)."""
-    from beads_runner.daemon import build_engine
     from beads_runner.ids import require_safe_issue_id
+    from workflows.engine import SUCCEEDED, open_engine
     from workflows.task_flow import TaskInput
 
     require_safe_issue_id(issue_id)
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=wait)
     svc.tracker.show(issue_id)  # a missing issue is an error now, not a failed run later
-    if svc.config.engine.kind == "hatchet":
-        from workflows.hatchet import hatchet_engine
-
-        engine = hatchet_engine(svc)
-        run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
-        click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id} (on Hatchet)")
-        if wait:
-            while (view := engine.get_run(run_id)) is None or view.status in ("queued", "running", "failing"):
-                time.sleep(2)
-            _print_outcome(view)
-            sys.exit(0 if view.status == "succeeded" else 1)
-        return
-    if wait:
-        svc.enter_sandbox()
-    engine = build_engine(svc)
+    engine = open_engine(svc)
+    if wait and engine.steps_run_here:
+        svc.enter_sandbox()  # the steps run in this process: confined before the run is submitted
     run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
-    click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}")
+    url = engine.dashboard_url(run_id)
+    click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}"
+               + (f" ({url})" if url else ""))
     if not wait:
-        click.echo("a running `beads-runner start` picks it up; or use --wait to run it here")
+        click.echo("a running `beads-runner start` picks it up; or use --wait to wait for it here")
         return
     engine.start()
     try:
         view = engine.wait(run_id)
     except KeyboardInterrupt:
         engine.stop()
-        click.echo("interrupted; the run resumes at the next start", err=True)
+        click.echo("interrupted; the run goes on at the next start", err=True)
         sys.exit(130)
     engine.stop()
+    if view is None:
+        raise RunnerError(f"run {run_id} cannot be read back", fix="`beads-runner status` shows the runs")
     _print_outcome(view)
-    sys.exit(0 if view.status == "succeeded" else 1)
+    sys.exit(0 if view.status == SUCCEEDED else 1)
 
 
 @main.command()

@@ -25,8 +25,4 @@ def services_of(ctx: click.Context) -> Services:
     if "services" not in obj:
         repo = obj["repo"]
         obj["services"] = register_services(Services(repo, load_config(repo)))
-        if obj["services"].config.engine.kind == "hatchet":
-            from beads_runner.hatchet_local import load_client_env
-
-            load_client_env(obj["services"].state_dir)  # `hatchet up`'s settings, unless the user set a token
     return obj["services"]

@@ -17,6 +17,7 @@ Everything here only reads; nothing needs the engine to be running.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -134,14 +135,26 @@ def usage_from_lines(lines: Iterable[str | bytes], fallback_ts: float) -> tuple[
     return total, by_day, session_id
 
 
+# Parsed streams, by path: reused while the file is the same one, of the same size and change times (the budget is
+# checked every few seconds; only the streams still being written are read again).
+_parsed: dict[str, tuple[tuple[int, int, int, int, float | None], tuple[Usage, dict[str, Usage], str | None]]] = {}
+
+
 def usage_from_file(path: Path, fallback_ts: float | None = None) -> tuple[Usage, dict[str, Usage], str | None]:
     """`usage_from_lines` of an ndjson file (a missing file is no usage)."""
     try:
         with path.open("rb") as fh:
-            fallback = fallback_ts if fallback_ts is not None else path.stat().st_mtime
-            return usage_from_lines(fh, fallback)
+            st = os.fstat(fh.fileno())
+            fallback = fallback_ts if fallback_ts is not None else st.st_mtime
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, fallback)
+            cached = _parsed.get(str(path))
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            result = usage_from_lines(fh, fallback)
     except OSError:
         return Usage(), {}, None
+    _parsed[str(path)] = (stamp, result)
+    return result
 
 
 def _attempt_of(path: Path) -> int | None:
@@ -154,47 +167,34 @@ def _attempt_of(path: Path) -> int | None:
 
 def read_process_attempts(state_dir: Path, run_id: str | None = None,
                           since: float | None = None) -> list[dict[str, Any]]:
-    """The process attempts recorded by the embedded engine (read-only): run_id, attempt, started_at,
-    finished_at, status, error, notes (a dict). Empty when there is no database."""
+    """The process attempts recorded by the embedded engine (read-only): run_id, step, attempt,
+    started_at, finished_at, status, error, notes (a dict). Empty when there is no database."""
+    from workflows.local import Store
+
     db = Path(state_dir) / STATE_DB
     if not db.exists():
         return []
-    sql = "SELECT run_id, attempt, started_at, finished_at, status, error, notes FROM attempts WHERE step=?"
-    args: list[Any] = [PROCESS_STEP]
-    if run_id is not None:
-        sql += " AND run_id=?"
-        args.append(run_id)
-    if since is not None:
-        sql += " AND COALESCE(finished_at, started_at) >= ?"
-        args.append(since)
+    store = Store(db, read_only=True)  # the engine's own reader; read-only: asked every few seconds
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
-        try:
-            rows = conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return [dict(t) for t in store.tries(PROCESS_STEP, run_id=run_id, since=since)]
     except sqlite3.Error:
         return []
-    out = []
-    for run, attempt, started, finished, status, error, notes in rows:
-        try:
-            parsed = json.loads(notes) if notes else {}
-        except json.JSONDecodeError:
-            parsed = {}
-        out.append({"run_id": run, "attempt": attempt, "started_at": started, "finished_at": finished,
-                    "status": status, "error": error, "notes": parsed if isinstance(parsed, dict) else {}})
-    return out
+    finally:
+        store.close()
 
 
 def sessions(state_dir: Path, *, run_id: str | None = None, since: float | None = None,
              attempts: list[dict[str, Any]] | None = None) -> list[Session]:
     """Every agent session (of one run, or of all), each counted once. With `since`, only sessions
-    that may have spent something at or after that time (their by_day still covers all days).
+    that spent something on or after the UTC day of that time, by the timestamps in their records
+    (never by file times: a copied or restored file keeps its records' days); their by_day still covers
+    all days.
     `attempts` (as from `read_process_attempts`) saves reading the database again."""
     state_dir = Path(state_dir)
     if attempts is None:
         attempts = read_process_attempts(state_dir, run_id=run_id, since=since)
     notes = {(a["run_id"], a["attempt"]): a for a in attempts}
+    first_day = utc_day(since) if since is not None else ""
     runs_dir = state_dir / "runs"
     files: dict[tuple[str, int], Path] = {}
     if run_id is not None:
@@ -208,12 +208,6 @@ def sessions(state_dir: Path, *, run_id: str | None = None, since: float | None 
             n = _attempt_of(path)
             if n is None:
                 continue
-            if since is not None:
-                try:
-                    if path.stat().st_mtime < since:
-                        continue  # written to for the last time before `since`
-                except OSError:
-                    continue
             files[(d.name, n)] = path
     found: list[Session] = []
     for key in sorted(set(notes) | set(files)):
@@ -234,6 +228,8 @@ def sessions(state_dir: Path, *, run_id: str | None = None, since: float | None 
                 session.source, session.usage, session.by_day = "notes", usage, {utc_day(when): usage}
         if note and note["notes"].get("session_id") and not session.session_id:
             session.session_id = note["notes"]["session_id"]
+        if since is not None and not any(day >= first_day for day in session.by_day):
+            continue  # spent nothing on or after the day of `since`, by the times its records carry
         found.append(session)
     return found
 

@@ -10,56 +10,27 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from beads_runner import procreg
-from beads_runner.budget import BudgetGuard
-from beads_runner.config import STATE_DB
 from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, UnsafeIdError
 from beads_runner.explain import trust_problem
 from beads_runner.ids import is_safe_issue_id, require_safe_issue_id
 from beads_runner.notify import EngineEventFeed, Notifier
 from beads_runner.parking import Admission
 from beads_runner.services import Services
+from workflows.engine import ACTIVE, CANCELLED, FAILED, PENDING, QUEUED, RUNNING, Engine, EngineUnavailable, open_engine
+from workflows.spec import StepFailed
+from workflows.task_flow import TASK_FLOW, TaskInput
+
+from beads_runner.engine_setup import BudgetGuard, build_engine  # noqa: F401 - importable from here too
 from beads_runner.watcher import ChangeWatcher
-from workflows.local import LocalEngine
-from workflows.spec import RetryPolicy, StepFailed
-from workflows.task_flow import SESSION_KEY, TASK_FLOW, TaskInput
 
 log = structlog.get_logger("beads_runner.daemon")
 
-
-def build_engine(services: Services, *, poll: float = 0.05, budget: BudgetGuard | None = None,
-                 admission: Admission | None = None) -> LocalEngine:
-    """The embedded engine for a repository, with the policies of its configuration."""
-    cfg = services.config
-    budget = budget or BudgetGuard(cfg.agent.daily_budget_usd, services.state_dir)
-    # No new session while the provider is parked or the daily budget is spent.
-    admission = admission or Admission(cfg, services.state_dir, budget_guard=budget)
-    procreg.configure(services.state_dir / "procs")
-    r = cfg.engine.retry
-    timeouts = {s.name: s.timeout(cfg) for s in TASK_FLOW.steps if s.timeout is not None}
-    engine = LocalEngine(
-        services.state_dir / STATE_DB, TASK_FLOW,
-        max_sessions=cfg.engine.max_sessions,
-        workers=cfg.engine.max_runs + cfg.engine.max_sessions,
-        retry=RetryPolicy(r.attempts, r.backoff, r.backoff_factor, r.backoff_max),
-        step_timeouts=timeouts,
-        default_timeout=cfg.engine.step_timeout,
-        poll=poll,
-        before_resume=procreg.reap_orphans,
-        admit=admission.admit,
-        handler_attempts=cfg.engine.handover_attempts,
-        handler_backoff=cfg.engine.handover_backoff,
-    )
-    # The parks' tables, created now (the engine has checked the database), outside any engine transaction.
-    admission.parking.active()
-    if admission.sessions_in_use is None:
-        # After a quota park, one session probes the provider before the others start.
-        admission.sessions_in_use = lambda: engine.sessions_in_use(SESSION_KEY)
-    return engine
 
 
 @dataclass
@@ -75,14 +46,14 @@ class Runner:
 
     ONCE_TRACKER_TRIES = 3  # --once: polls in a row the tracker fails before giving up
 
-    def __init__(self, services: Services, engine: LocalEngine | None = None):
+    def __init__(self, services: Services, engine: Engine | None = None):
         self.services = services
         self.notifier = Notifier(services.config.notify, repo=str(services.repo))
         self.budget = BudgetGuard(services.config.agent.daily_budget_usd, services.state_dir,
                                   on_exceeded=self._budget_reached)
         self.admission = Admission(services.config, services.state_dir, budget_guard=self.budget)
         self.parking = self.admission.parking
-        self.engine = engine or build_engine(services, budget=self.budget, admission=self.admission)
+        self.engine: Engine = engine or open_engine(services, budget=self.budget, admission=self.admission)
         self.tracker = services.tracker
         self.cfg = services.config
         self._wake = threading.Event()
@@ -123,14 +94,23 @@ class Runner:
         """Sessions not taken by runs that have yet to finish their `process` step, plus the
         `engine.prefetch` issues claimed ahead so a session never waits for the tracker."""
         waiting = 0
-        for run in self.engine.runs(statuses=("queued", "running")):
+        for run in self.engine.runs(statuses=(QUEUED, RUNNING)):
             proc = next((s for s in run.steps if s.name == "process"), None)
-            if proc is not None and proc.status in ("pending", "running"):
+            if proc is not None and proc.status in (PENDING, RUNNING):
                 waiting += 1
         return self.cfg.engine.max_sessions + self.cfg.engine.prefetch - waiting
 
     def poll_once(self) -> PollResult:
-        """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each."""
+        """Claim ready issues (atomically, `bd ready --claim`) while sessions are free; submit each.
+        An engine that does not answer is asked again at the next poll."""
+        try:
+            self.engine.housekeeping()
+            return self._poll_once()
+        except EngineUnavailable as exc:
+            log.warning("engine unavailable, will poll again", error=exc.message)
+            return PollResult()
+
+    def _poll_once(self) -> PollResult:
         result = PollResult()
         self.admission.invalidate()  # a fresh look: the cache is for the engine's frequent questions
         if self.budget.exceeded() or self.admission.parked():
@@ -222,13 +202,19 @@ class Runner:
                       issue_id=issue_id, error=err.message)
 
     def _capacity(self) -> tuple[int, int]:
-        return self.free_sessions(), len(self.engine.runs(statuses=("queued", "running", "failing")))
+        return self.free_sessions(), len(self.engine.runs(statuses=ACTIVE))
 
     def _worth_asking(self) -> bool:
         """Whether a wake from the engine can change the tracker's last answer. After "nothing
         claimable", a step that freed no session and ended no run (check-deps, verify) cannot: asking
-        bd again would only cost a call (about 0.3 s with the real bd)."""
-        return self._drained_at is None or self._drained_at != self._capacity()
+        bd again would only cost a call (about 0.3 s with the real bd). An engine that does not
+        answer cannot say: poll (which waits for it)."""
+        if self._drained_at is None:
+            return True
+        try:
+            return self._drained_at != self._capacity()
+        except EngineUnavailable:
+            return True
 
     def _refuse(self, issue_id: str) -> None:
         """An id that cannot name a branch or a path is never used for one: the issue goes to a person
@@ -256,7 +242,7 @@ class Runner:
             if not is_safe_issue_id(issue.id) or self.engine.active_run(issue.id):
                 continue
             last = self.engine.runs(key=issue.id, limit=1)
-            if last and last[0].status == "failed" and last[0].handler_error:
+            if last and last[0].status == FAILED and last[0].handler_error:
                 # Handed to a person, recorded only here because the tracker refused it: not ours to take.
                 # Tell the tracker now, if it listens again.
                 self._deliver_local_handover(last[0])
@@ -292,7 +278,10 @@ class Runner:
         beads_dir = self.services.repo / ".beads"
         watcher = ChangeWatcher(beads_dir) if beads_dir.is_dir() else None
         # Runs left unfinished by an earlier runner are this runner's too.
-        self.submitted.extend(r.id for r in self.engine.runs(statuses=("queued", "running", "failing")))
+        try:
+            self.submitted.extend(r.id for r in self.engine.runs(statuses=ACTIVE, limit=1000))
+        except EngineUnavailable as exc:
+            log.warning("could not list the runs in flight", error=exc.message)
         procreg.reap_orphans()  # agents and gates a killed runner left behind go before anything resumes
         self.take_back_stale_claims()
         self.engine.start()
@@ -345,6 +334,18 @@ class Runner:
     def _idle(self) -> bool:
         """Nothing ready that we could take, and nothing that can still move: done (for --once).
         Runs waiting on a spent budget cannot move until tomorrow; they resume at the next start."""
+        try:
+            if not self._nothing_moves():
+                return False
+            # Before `--once` ends: the engine's upkeep now, not at its next turn (Hatchet: the issues
+            # of runs cancelled meanwhile must not stay claimed).
+            self.engine.housekeeping(force=True)
+        except EngineUnavailable as exc:
+            log.warning("engine unavailable; not idle until it answers", error=exc.message)
+            return False
+        return True
+
+    def _nothing_moves(self) -> bool:
         parks = self.parking.active()
         if not self.engine.has_active_runs():
             if any(p.until is not None for p in parks):
@@ -359,9 +360,9 @@ class Runner:
         if not (self.budget.exceeded() or waits_for_a_person):
             return False
         # Only runs whose next step is a session are stuck; any other step still moves on.
-        for run in self.engine.runs(statuses=("queued", "running", "failing")):
+        for run in self.engine.runs(statuses=ACTIVE):
             step = run.current_step
-            if step is None or step.status == "running" or TASK_FLOW.step(step.name).concurrency_key is None:
+            if step is None or step.status == RUNNING or TASK_FLOW.step(step.name).concurrency_key is None:
                 return False
         return True
 
@@ -370,5 +371,34 @@ class Runner:
         answered what is ready."""
         if self.tracker_failed is not None:
             return 1
-        runs = [self.engine.get_run(r) for r in dict.fromkeys(self.submitted)]
-        return 1 if any(r is not None and r.status == "failed" for r in runs) else 0
+        try:
+            for run_id in dict.fromkeys(self.submitted):
+                view = self.engine.settled_run(run_id)
+                if view is None:  # an unknown end is no success
+                    log.error("cannot read how a run ended", run_id=run_id)
+                    return 1
+                if view.status in (FAILED, CANCELLED):
+                    return 1
+        except EngineUnavailable:
+            return 1
+        return 0
+
+
+def start(services: Services, *, once: bool = False, poll_interval: float | None = None,
+          preflight: Callable[[Services, bool], None] | None = None,
+          on_runner: Callable[[Runner], None] | None = None) -> int:
+    """`beads-runner start`, on the configured engine: the same path for both.
+
+    Where the steps run in this process, they are confined first (no sandbox that can work, no
+    start); the engine then checks it can run them (`Engine.prepare`), `preflight(services,
+    steps_run_here)` checks the tracker, target, gates and agent, and the runner works until
+    stopped (`on_runner` installs the signal handlers). Returns the exit status."""
+    runner = Runner(services)
+    if runner.engine.steps_run_here:
+        services.enter_sandbox()
+    runner.engine.prepare()
+    if preflight is not None:
+        preflight(services, runner.engine.steps_run_here)
+    if on_runner is not None:
+        on_runner(runner)
+    return runner.run(once=once, poll_interval=poll_interval)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,21 +77,9 @@ def run_checks(repo: Path) -> list[Check]:
     checks.append(_check("agent", agent_check))
 
     def engine_check() -> str:
-        if config.engine.kind == "hatchet":
-            from beads_runner.hatchet_local import load_client_env
-            from workflows.hatchet import check_hatchet_config
+        from workflows.engine import open_engine
 
-            from_up = load_client_env(svc.state_dir)
-            detail = check_hatchet_config(contact=True)
-            return detail + (" (settings from `beads-runner hatchet up`)" if from_up else "")
-        state = svc.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        if not os.access(state, os.W_OK):
-            raise RunnerError(f"{state} is not writable", fix=f"make {state} writable by this user")
-        db = sqlite3.connect(state / "state.db")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.close()
-        return f"local (SQLite at {state / 'state.db'}), max_sessions={config.engine.max_sessions}"
+        return open_engine(svc).describe()
 
     checks.append(_check("engine", engine_check))
 

@@ -42,9 +42,10 @@ from beads_runner.ids import is_safe_issue_id
 from beads_runner.parking import Park, parks_in_effect
 from beads_runner.services import Services
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL, Issue
+from workflows.engine import ACTIVE, FAILED, FAILING, QUEUED, RUNNING, SUCCEEDED, Engine, RunView
+from workflows.task_flow import did_no_work
 
 PROCESS = "process"
-ACTIVE = ("queued", "running", "failing")
 
 
 @dataclass
@@ -79,17 +80,17 @@ def parked_reason(park: Park, extra: dict[str, Any] | None = None) -> Reason:
                    **(extra or {})})
 
 
-def handover_reason(run, branch: str | None = None) -> Reason:
+def handover_reason(run: RunView, branch: str | None = None) -> Reason:
     """A run that ended with its issue handed to a person (or is being handed over now)."""
     step = run.failed_step
     details = {"step": step, "reason": run.error, "run_id": run.id, "branch": branch,
-               "recorded_locally": bool(getattr(run, "handler_error", None)),
-               "tracker_error": getattr(run, "handler_error", None)}
-    if run.status == "failing":
+               "recorded_locally": bool(run.handler_error),
+               "tracker_error": run.handler_error}
+    if run.status == FAILING:
         return Reason("with_person", f"failed at {step} ({run.error}); being handed to a person now",
                       "`beads-runner retry <id>` once the handover is done", {**details, "handing_over": True})
     where = f"; branch {branch} kept" if branch else ""
-    if getattr(run, "handler_error", None):
+    if run.handler_error:
         summary = (f"failed at {step}: {run.error}{where}. The tracker refused the handover "
                    f"({run.handler_error}), so it is recorded here only")
     else:
@@ -99,21 +100,21 @@ def handover_reason(run, branch: str | None = None) -> Reason:
                   "from the target)", details)
 
 
-def run_reason(run, *, now: float | None = None, parks: list[Park] | None = None,
+def run_reason(run: RunView, *, now: float | None = None, parks: list[Park] | None = None,
                queue_position: int | None = None, branch: str | None = None) -> Reason:
     """Why a run is where it is, from the engine alone (plus the parks in effect)."""
     now = time.time() if now is None else now
     parks = parks or []
     base = {"run_id": run.id}
-    if run.status in ("queued", "running"):
-        if getattr(run, "cancel_requested", None):
+    if run.status in (QUEUED, RUNNING):
+        if run.cancel_requested:
             return Reason("cancelling", f"{run.cancel_requested} asked to cancel it; the runner is stopping it",
                           "nothing: it goes to a person with its branch kept", base)
         step = run.current_step
         if step is None:
             return Reason("running", "its run is between steps", "nothing: it goes on by itself", base)
         tries = {"step": step.name, "attempt": step.attempt, "max_attempts": step.max_attempts, **base}
-        if step.status == "running":
+        if step.status == RUNNING:
             session = (step.notes or {}).get("session_id")
             extra = f", session {session}" if session else ""
             return Reason("running", f"running {step.name}, try {step.attempt} of {step.max_attempts}{extra}",
@@ -132,35 +133,32 @@ def run_reason(run, *, now: float | None = None, parks: list[Park] | None = None
                           "a running session ends (engine.max_sessions caps them)",
                           {**tries, "queue_position": queue_position})
         return Reason("running", f"{step.name} is about to start", "nothing: it goes on by itself", tries)
-    if run.status in ("failing", "failed"):
+    if run.status in (FAILING, FAILED):
         return handover_reason(run, branch)
-    if run.status == "succeeded":
+    if run.status == SUCCEEDED:
         out = run.outcome or {}
         if out.get("superseded"):
             return Reason("superseded", f"a person's word ended its run: {out.get('superseded')}",
                           "reopen it (or give it back to the runner's actor) for the runner to take it again",
                           {**base, "reason": out.get("superseded")})
-        if out.get("skipped"):
+        if did_no_work(out):
             return Reason("skipped", f"its last run stopped without working on it: {out.get('reason')}",
                           "what the reason names; a running `beads-runner start` picks it up when it is ready",
                           {**base, "reason": out.get("reason")})
         return Reason("landed", f"landed as {str(out.get('sha'))[:12]} on {out.get('target')}",
                       "nothing: it is done", {**base, "commit": out.get("sha"), "target": out.get("target")})
-    if run.status == "superseded":
-        return Reason("superseded", f"a person's word ended its run: {run.error or 'superseded'}",
-                      "reopen it for the runner to take it again", {**base, "reason": run.error})
     return Reason(run.status, f"its last run ended {run.status}: {run.error or ''}".rstrip(": "),
                   "reopen it for the runner to take it again", base)
 
 
-def queue_positions(engine) -> dict[str, int]:
+def queue_positions(engine: Engine) -> dict[str, int]:
     """Run id → place among runs waiting for a session (the engine starts the oldest first)."""
     waiting = []
-    for run in engine.runs(statuses=("queued", "running"), limit=1000):
+    for run in engine.runs(statuses=(QUEUED, RUNNING), limit=1000):
         step = run.current_step
         if step is None or step.name != PROCESS or step.status != "pending":
             continue
-        if not getattr(run, "cancel_requested", None):
+        if not run.cancel_requested:
             waiting.append(run)
     waiting.sort(key=lambda r: r.created_at)
     return {run.id: n for n, run in enumerate(waiting, 1)}
@@ -193,10 +191,10 @@ def _branch_kept(svc: Services, issue_id: str) -> str | None:
         return None
 
 
-def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = None) -> Reason:
+def explain(svc: Services, issue_id: str, *, engine: Engine | None = None, now: float | None = None) -> Reason:
     """The one reason `issue_id` is or is not being worked on now. Raises RunnerError for an issue
     the tracker does not know."""
-    from beads_runner.status import _engine
+    from workflows.engine import existing_engine as _engine
 
     now = time.time() if now is None else now
     if not is_safe_issue_id(issue_id):
@@ -219,15 +217,15 @@ def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = No
 
     if run is not None and run.status in ACTIVE:
         try:
-            position = queue_positions(engine).get(run.id) if run.status != "failing" else None
+            position = queue_positions(engine).get(run.id) if run.status != FAILING else None
         except RunnerError:
             position = None  # a remote engine that did not answer: the reason stands without it
         return done(run_reason(run, now=now, parks=parks, queue_position=position,
                                branch=_branch_kept(svc, issue_id)))
-    if run is not None and (run.status == "superseded" or (run.outcome or {}).get("superseded")):
+    if run is not None and (run.outcome or {}).get("superseded"):
         return done(run_reason(run, now=now))
     if issue.status == "closed":
-        out = (run.outcome or {}) if run is not None and run.status == "succeeded" else {}
+        out = (run.outcome or {}) if run is not None and run.status == SUCCEEDED else {}
         if out.get("sha"):
             return done(run_reason(run, now=now))
         if issue.close_reason.startswith("Landed "):
@@ -235,10 +233,10 @@ def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = No
                                {"commit": issue.close_reason.split()[1]}))
         return done(Reason("closed", f"closed: {issue.close_reason or 'no reason given'}",
                            "reopen it for the runner to take it again", {"close_reason": issue.close_reason}))
-    handed_over = run is not None and run.status == "failed"
-    locally = handed_over and getattr(run, "handler_error", None)
+    handed_over = run is not None and run.status == FAILED
+    locally = handed_over and run.handler_error
     if NEEDS_HUMAN_LABEL in issue.labels or locally or (handed_over and issue.status == "blocked"):
-        if run is not None and run.status == "failed":
+        if run is not None and run.status == FAILED:
             return done(handover_reason(run, _branch_kept(svc, issue_id)))
         return done(Reason("with_person", f"labelled {NEEDS_HUMAN_LABEL} (status {issue.status})",
                            "`beads-runner retry <id>`, or remove the label and reopen it",
@@ -274,7 +272,7 @@ def explain(svc: Services, issue_id: str, *, engine=None, now: float | None = No
     if parks:
         return done(parked_reason(parks[0]))
     last = ""
-    if run is not None and run.status == "succeeded" and (run.outcome or {}).get("skipped"):
+    if run is not None and run.status == SUCCEEDED and did_no_work(run.outcome):
         last = f" (its last run stopped: {(run.outcome or {}).get('reason')})"
     return done(Reason("ready", f"ready{last}; a running `beads-runner start` claims it at its next poll",
                        "start the runner if none runs (`beads-runner start`)", {}))

@@ -225,13 +225,15 @@ class EngineEventFeed:
             name = e["event"]
             if name not in ("run succeeded", "run failed", "provider limit: parked"):
                 continue
+            from workflows.task_flow import did_no_work
+
             run = self.engine.get_run(e["run_id"])
             if run is None:
                 continue
             title = _title(run)
             if name == "run succeeded":
                 out = run.outcome or {}
-                if out.get("skipped") or not out.get("sha"):
+                if did_no_work(out) or not out.get("sha"):
                     continue
                 self.notifier.emit("landed", issue_id=run.key, title=title, run_id=run.id, commit=out.get("sha"),
                                    reason=out.get("close_reason"))

@@ -27,17 +27,21 @@ def require_writable_state(svc: Services) -> None:
                               "then start again") from None
 
 
-def preflight(svc: Services) -> None:
-    """Fail before claiming anything if the tracker, the agent or the target branch is unusable."""
+def preflight(svc: Services, steps_run_here: bool = True) -> None:
+    """Fail before claiming anything if the tracker, the agent or the target branch is unusable.
+    The gates and the agent are checked where the steps run (for Hatchet: `worker` checks them)."""
     svc.workspace.check_target()
-    from quality_gates.gates import missing_commands
+    if steps_run_here:
+        from quality_gates.gates import missing_commands
 
-    missing = missing_commands(svc.gates, svc.repo)
-    if missing:
-        raise ConfigError(f"gate command not found: {', '.join(missing)}",
-                          fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
-                              "(a relative path is taken from the repository root)")
+        missing = missing_commands(svc.gates, svc.repo)
+        if missing:
+            raise ConfigError(f"gate command not found: {', '.join(missing)}",
+                              fix="install the tool, or correct the gate's `run` in .beads-runner.toml "
+                                  "(a relative path is taken from the repository root)")
     svc.tracker.version()
+    if not steps_run_here:
+        return
     resolve = getattr(svc.agent, "resolve_executable", None)
     if resolve is not None:
         resolve()
@@ -49,8 +53,9 @@ def install_signal_handlers(runner) -> None:
     def handler(signum, _frame):
         state["count"] += 1
         if state["count"] == 1:
-            click.echo(f"\n{signal.Signals(signum).name}: no new claims; running sessions get "
-                       f"{runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)", err=True)
+            then = (f"running sessions get {runner.cfg.engine.grace_period:g}s to finish (signal again to stop now)"
+                    if runner.engine.steps_run_here else "runs in flight go on on the workers")
+            click.echo(f"\n{signal.Signals(signum).name}: no new claims; {then}", err=True)
             runner.request_stop()
         else:
             click.echo("stopping now; unfinished runs resume at the next start", err=True)
@@ -84,9 +89,11 @@ def dry_run(svc: Services) -> None:
 
 
 def print_outcome(view) -> None:
+    from workflows.task_flow import did_no_work
+
     if view.status == "succeeded":
         out = view.outcome or {}
-        if out.get("skipped"):
+        if did_no_work(out):
             click.echo(f"{view.key}: skipped ({out.get('reason')})")
         else:
             click.echo(f"{view.key}: {out.get('close_reason')}")

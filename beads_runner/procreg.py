@@ -135,12 +135,24 @@ def registered(pgid: int, what: str) -> Iterator[None]:
         path = directory / f"{me}-{pgid}.json"
         record = {"pgid": pgid, "start": start_ticks(pgid), "owner": me, "owner_start": start_ticks(me),
                   "what": what, "since": time.time()}
-        write_atomic(path, json.dumps(record))
+        try:
+            write_atomic(path, json.dumps(record))
+        except OSError as exc:
+            # The group is already running: supervise it without a record (only a runner killed with
+            # SIGKILL would then leave it behind) rather than raise and leave it unsupervised.
+            log.warning("could not record a process group", path=str(path), error=str(exc))
+            path = None
     try:
         yield
     finally:
         if path is not None:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                # `.beads-runner/` made read-only meanwhile: the record stays behind, and the reaper
+                # drops it once its group is gone. The process's own outcome is what the caller needs,
+                # not this (which would read as "cannot start").
+                log.warning("could not remove a process record", path=str(path), error=str(exc))
 
 
 def reap_orphans(directory: Path | None = None) -> list[dict]:

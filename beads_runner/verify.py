@@ -57,7 +57,8 @@ def landed_issue_ids(svc: Services, since: str | None) -> list[str]:
     ids: list[str] = []
     for line in ws.git(*args).splitlines():
         ids += [i.strip() for i in line.split(",") if i.strip()]
-    from beads_runner.status import _engine
+    from workflows.engine import SUCCEEDED
+    from workflows.engine import existing_engine as _engine
 
     try:
         engine = _engine(svc)
@@ -65,7 +66,7 @@ def landed_issue_ids(svc: Services, since: str | None) -> list[str]:
         engine = None
     if engine is not None:
         cutoff = since_epoch(svc, since) if since else None
-        for run in reversed(engine.runs(statuses=("succeeded",), limit=100000)):
+        for run in reversed(engine.runs(statuses=(SUCCEEDED,), limit=100000)):
             if (run.outcome or {}).get("sha") and (cutoff is None or run.created_at >= cutoff):
                 ids.append(run.key)
     return list(dict.fromkeys(ids))

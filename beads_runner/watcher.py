@@ -1,5 +1,4 @@
-"""Noticing a change under `.beads/` (a new issue, a closed blocker) by stat alone, so the daemon
-wakes within a fraction of a second instead of at its next poll."""
+"""Noticing changes under `.beads/` cheaply, so a newly ready issue is picked up at once."""
 
 from __future__ import annotations
 

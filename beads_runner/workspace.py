@@ -328,12 +328,35 @@ class Workspace(Landing):
         return self.git("rev-parse", "HEAD", cwd=path)
 
     def _add_paths(self, worktree: Path, paths: list[str]) -> None:
-        """`git add -A` of exactly these paths (taken literally, NUL-separated: any name is safe)."""
+        """`git add -A` of exactly these paths (taken literally, NUL-separated: any name is safe).
+
+        A tracked file under an ignored directory (changed or deleted) is added with `-f`: plain `git
+        add` refuses it with git's "paths are ignored" hint. An untracked one that an ignore rule now
+        covers (the agent ignored it meanwhile) is left out, as `git add -A .` would."""
+        tracked = set(self._ls_files(worktree, paths, "--cached"))
+        addable = set(self._ls_files(worktree, [p for p in paths if p not in tracked], "--others",
+                                     "--exclude-standard"))
+        for force, chosen in ((True, [p for p in paths if p in tracked]), (False, [p for p in paths if p in addable])):
+            if not chosen:
+                continue
+            with self._pathspec_file(chosen) as spec:
+                self.git("add", "-A", *(["-f"] if force else []), f"--pathspec-from-file={spec}",
+                         "--pathspec-file-nul", cwd=worktree, env={"GIT_LITERAL_PATHSPECS": "1"})
+
+    def _ls_files(self, worktree: Path, paths: list[str], *which: str) -> list[str]:
+        found: list[str] = []
+        for i in range(0, len(paths), 500):  # ls-files takes no pathspec file: arguments, in chunks
+            out = self.git("ls-files", "-z", *which, "--", *paths[i:i + 500], cwd=worktree,
+                           env={"GIT_LITERAL_PATHSPECS": "1"})
+            found += [name for name in out.split("\0") if name]
+        return found
+
+    @contextmanager
+    def _pathspec_file(self, paths: list[str]) -> Iterator[str]:
         with tempfile.NamedTemporaryFile("wb", suffix=".paths", dir=self.state_dir, delete=False) as fh:
             fh.write(b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths))
         try:
-            self.git("add", "-A", f"--pathspec-from-file={fh.name}", "--pathspec-file-nul", cwd=worktree,
-                     env={"GIT_LITERAL_PATHSPECS": "1"})
+            yield fh.name
         finally:
             os.unlink(fh.name)
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from beads_runner.errors import RunnerError
 from bench.machine import RssSampler
 from bench.rig import AGENT_SCRIPT, Daemon, Issues, make_repo, read_runs, read_stamps, tracker_env, wait_for
 from bench.stats import in_ms, summary
@@ -46,7 +47,7 @@ def bench_pickup(workdir: Path, tracker: str = "jsonl", created: int = 20, close
         def run_done(issue_id: str) -> bool:
             try:
                 run = read_runs(repo).get(issue_id)
-            except sqlite3.Error:
+            except (sqlite3.Error, RunnerError):  # the runner is creating or migrating it
                 return False
             return bool(run and run["status"] in ("succeeded", "failed"))
 

@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -201,24 +200,25 @@ def read_stamps(stamps: Path, issue_id: str, kind: str = "start") -> list[float]
 
 # --- the engine's own record ---------------------------------------------------------------------
 def read_runs(repo: Path) -> dict[str, dict[str, Any]]:
-    """Per issue (its latest run): created/finished, every step's last attempt, events that matter."""
-    db = sqlite3.connect(repo / ".beads-runner" / "state.db")
-    db.row_factory = sqlite3.Row
+    """Per issue (its latest run): created/finished, every step's last attempt, events that matter.
+    Read through the embedded engine (the owner of state.db), as `status` reads it."""
+    from workflows.local import LocalEngine
+    from workflows.task_flow import TASK_FLOW
+
+    engine = LocalEngine(repo / ".beads-runner" / "state.db", TASK_FLOW)
     out: dict[str, dict[str, Any]] = {}
-    for run in db.execute("SELECT * FROM runs ORDER BY created_at"):
-        info: dict[str, Any] = {"run_id": run["id"], "status": run["status"], "created": run["created_at"],
-                                "finished": run["finished_at"], "steps": {}, "retries": 0}
-        for a in db.execute("SELECT * FROM attempts WHERE run_id=? ORDER BY started_at", (run["id"],)):
+    for run in sorted(engine.runs(limit=1_000_000), key=lambda r: r.created_at):
+        info: dict[str, Any] = {"run_id": run.id, "status": run.status, "created": run.created_at,
+                                "finished": run.finished_at, "steps": {}, "retries": 0}
+        for a in engine.attempts(run.id):
             step = info["steps"].setdefault(a["step"], {"first_start": a["started_at"]})
-            step.update(start=a["started_at"], end=a["finished_at"], status=a["status"],
-                        notes=json.loads(a["notes"]) if a["notes"] else {})
+            step.update(start=a["started_at"], end=a["finished_at"], status=a["status"], notes=a["notes"])
             if a["attempt"] > 1:
                 info["retries"] += 1
-        for s in db.execute("SELECT name, output FROM steps WHERE run_id=?", (run["id"],)):
-            if s["output"] and s["name"] in info["steps"]:
-                info["steps"][s["name"]]["output"] = json.loads(s["output"])
-        for e in db.execute("SELECT event, ts, data FROM events WHERE run_id=? ORDER BY id", (run["id"],)):
-            data = json.loads(e["data"] or "{}")
+        for s in run.steps:
+            if s.output and s.name in info["steps"]:
+                info["steps"][s.name]["output"] = s.output
+        for e in engine.events(run.id):
             if e["event"] == "landed":
                 info["landed"] = e["ts"]
             elif e["event"] == "session starting":
@@ -227,9 +227,9 @@ def read_runs(repo: Path) -> dict[str, dict[str, Any]]:
                 info["verify_cached"] = True
             elif e["event"] == "session finished":
                 info["session_finished"] = e["ts"]
-                info["session_duration"] = data.get("duration_s")
-        out[run["key"]] = info
-    db.close()
+                info["session_duration"] = e.get("duration_s")
+        out[run.key] = info
+    engine.close()
     return out
 
 

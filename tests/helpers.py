@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,3 +38,12 @@ def processes_with(marker: str, wait: float = 0.0) -> list[int]:
         if not pids or time.monotonic() >= deadline:
             return pids
         time.sleep(0.1)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped: a real dead pid, not a guessed number
+    that some process on the machine may hold. (Pids are reused only after the kernel wraps around
+    pid_max, far beyond the few a test starts meanwhile.)"""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -52,7 +52,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
     later attempt continues the same session from them."""
     deps: CheckDepsOutput = ctx.parent("check-deps")
     if not deps.proceed or deps.issue is None:
-        return ProcessOutput(skipped=True)
+        return ProcessOutput(no_work=True)
     svc = step_services(inp)
     issue = deps.issue
     watch = IssueWatch(svc.tracker, issue.id, interval=svc.config.tracker.poll_interval, cancel=ctx.cancel)
@@ -70,7 +70,7 @@ def process(inp: TaskInput, ctx: StepContext) -> ProcessOutput:
 def _superseded(ctx: StepContext, reason: str | None) -> ProcessOutput:
     ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=reason)
     ctx.note(superseded=reason)
-    return ProcessOutput(skipped=True, superseded=reason or "superseded")
+    return ProcessOutput(no_work=True, superseded=reason or "superseded")
 
 
 def _process(inp: TaskInput, ctx: StepContext, svc: Services, issue: Issue, watch: IssueWatch) -> ProcessOutput:

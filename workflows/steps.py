@@ -1,15 +1,16 @@
 """What the four steps of the task workflow share: their input and outputs, the services of the
 repository a step runs on, the gate suite, and the one translation of the runner's errors into a
-step's failure (retry or not)."""
+step's failure (retry, defer or not)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from beads_runner.agent.base import TokenUsage
 from beads_runner.errors import IssueNotFound, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable, UnsafeIdError
@@ -25,6 +26,12 @@ WORKFLOW_NAME = "beads-task-execution"
 SESSION_KEY = "opencode"  # the concurrency key every agent session shares
 
 
+def did_no_work(outcome: dict | None) -> bool:
+    """Whether a run's outcome (the commit step's output, as stored) says nothing was worked on:
+    `no_work`, or `skipped` as earlier releases wrote it."""
+    return bool(outcome and (outcome.get("no_work") or outcome.get("skipped")))
+
+
 class TaskInput(BaseModel):
     issue_id: str
     repo: str  # absolute path of the repository (on the machine running the step)
@@ -37,7 +44,10 @@ class CheckDepsOutput(BaseModel):
 
 
 class ProcessOutput(BaseModel):
-    skipped: bool = False
+    # Nothing was worked on (the issue not ours, or a person's word): not `skipped`, which Hatchet
+    # reserves for a task it skipped itself (`Context.was_skipped`); outputs written as `skipped` by
+    # earlier releases still read.
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
     session_id: str | None = None
     summary: str = ""
     tokens: TokenUsage = Field(default_factory=TokenUsage)
@@ -53,14 +63,14 @@ class ProcessOutput(BaseModel):
 
 
 class VerifyOutput(BaseModel):
-    skipped: bool = False
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
     superseded: str = ""
     report: SuiteReport = Field(default_factory=SuiteReport)
 
 
 class CommitOutput(BaseModel):
-    skipped: bool = False
-    reason: str = ""  # why skipped
+    no_work: bool = Field(default=False, validation_alias=AliasChoices("no_work", "skipped"))
+    reason: str = ""  # why no work was done
     sha: str = ""
     target: str = ""
     close_reason: str = ""
@@ -96,6 +106,18 @@ def refuse_moved_yardstick(report: SuiteReport) -> None:
         raise StepFailed(handover_reason(report), retryable=False, detail=report.render_text())
 
 
+UNWRITABLE_FIX = "make .beads-runner/ writable by this user (free space, a writable mount)"
+
+
+def _in_runner_state(inp: TaskInput, filename: object) -> bool:
+    """Is `filename` the runner's own state (not an agent's worktree, whose files are the agent's)?"""
+    if not filename:
+        return False
+    state = step_services(inp).state_dir.resolve()
+    path = Path(os.fsdecode(filename) if isinstance(filename, bytes) else str(filename)).resolve()
+    return path.is_relative_to(state) and not path.is_relative_to(state / "worktrees")
+
+
 def as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
     """Turn the runner's own errors into StepFailed with the right retry decision."""
 
@@ -123,5 +145,15 @@ def as_step_failure(fn: Callable[[TaskInput, StepContext], BaseModel]):
         except RunnerError as exc:
             # Git and agent problems: a lock left behind, a transient failure; a retry may help.
             raise StepFailed(exc.message, retryable=True, detail=exc.fix or "") from exc
+        except sqlite3.Error as exc:  # the engine's own state, written by the step (notes, events)
+            raise StepDeferred(f"cannot write the run state: {exc}", detail=UNWRITABLE_FIX) from exc
+        except OSError as exc:
+            if _in_runner_state(inp, exc.filename):
+                # The machine, not the issue: .beads-runner/ made read-only, a full disk. Said plainly
+                # (no traceback) and tried again later without spending a try: nothing is lost, and
+                # `start` itself stops on the same error with its fix.
+                raise StepDeferred(f"cannot write {exc.filename}: {exc.strerror or exc}",
+                                   detail=UNWRITABLE_FIX) from exc
+            raise StepFailed(f"{type(exc).__name__}: {exc}", retryable=True) from exc
 
     return wrapper

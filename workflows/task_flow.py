@@ -19,8 +19,13 @@ from workflows.spec import StepContext, StepFailed, StepSpec, WorkflowSpec
 from workflows.process_step import SessionMemory, process
 from workflows.steps import (
     SESSION_KEY, WORKFLOW_NAME, CheckDepsOutput, CommitOutput, ProcessOutput, TaskInput, VerifyOutput,
-    as_step_failure, gate_suite, refuse_moved_yardstick, step_services,
+    as_step_failure, did_no_work, gate_suite, refuse_moved_yardstick, step_services,
 )
+
+__all__ = [  # what the engines, the CLI and the views import from here
+    "SESSION_KEY", "TASK_FLOW", "WORKFLOW_NAME", "CheckDepsOutput", "CommitOutput", "ProcessOutput", "TaskInput",
+    "VerifyOutput", "did_no_work", "on_failure",
+]
 
 
 @as_step_failure
@@ -58,8 +63,8 @@ def check_deps(inp: TaskInput, ctx: StepContext) -> CheckDepsOutput:
 def verify(inp: TaskInput, ctx: StepContext) -> VerifyOutput:
     """Run every quality gate in the worktree. The agent's own claims count for nothing."""
     proc: ProcessOutput = ctx.parent("process")
-    if proc.skipped:
-        return VerifyOutput(skipped=True, superseded=proc.superseded)
+    if proc.no_work:
+        return VerifyOutput(no_work=True, superseded=proc.superseded)
     svc = step_services(inp)
     # (No tracker read here: commit reads the issue right before landing, one call per run less.)
     deps: CheckDepsOutput = ctx.parent("check-deps")
@@ -89,9 +94,9 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
     deps: CheckDepsOutput = ctx.parent("check-deps")
     proc: ProcessOutput = ctx.parent("process")
     ver: VerifyOutput = ctx.parent("verify")
-    if proc.skipped or ver.skipped or deps.issue is None:
+    if proc.no_work or ver.no_work or deps.issue is None:
         superseded = ver.superseded or proc.superseded
-        return CommitOutput(skipped=True, reason=f"superseded: {superseded}" if superseded else deps.reason,
+        return CommitOutput(no_work=True, reason=f"superseded: {superseded}" if superseded else deps.reason,
                             superseded=superseded)
     svc = step_services(inp)
     ws, tracker, issue = svc.workspace, svc.tracker, deps.issue
@@ -110,7 +115,7 @@ def commit(inp: TaskInput, ctx: StepContext) -> CommitOutput:
         # Right before landing, the tracker once more: a person's word wins over the gates' verdict.
         if why := check_issue(tracker, issue.id):
             ctx.log("run superseded: nothing lands, the issue is left as the person set it", reason=why)
-            return CommitOutput(skipped=True, reason=f"superseded: {why}", superseded=why)
+            return CommitOutput(no_work=True, reason=f"superseded: {why}", superseded=why)
         ws.commit(issue.id, message, paths=proc.changed_files)
         failpoint("after-commit")
 

@@ -217,6 +217,15 @@ def test_claimed_lists_only_this_actors_issues_in_progress(bd: BdBackend, repo: 
 
     assert ids(tracker.claimed()) == [mine]
     assert untouched in ids(tracker.ready())
+    # Neither a released, a closed nor a handed-over issue is a claim any more.
+    more = [bd.create(repo, title) for title in ("released", "closed", "handed")]
+    for issue_id in more:
+        tracker.claim(issue_id)
+    assert sorted(ids(tracker.claimed())) == sorted([mine, *more])
+    tracker.release(more[0])
+    tracker.close(more[1], "done")
+    tracker.hand_to_human(more[2])
+    assert ids(tracker.claimed()) == [mine]
 
 
 # -- show ---------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ the bd stand-in, and `beads-runner` run as a real subprocess."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -121,10 +120,18 @@ def issue(repo: Path, issue_id: str) -> dict:
     return shown[0] if isinstance(shown, list) else shown
 
 
+def recorded_engine(repo: Path):
+    """The embedded engine of a repository the runner worked in, to read what it recorded."""
+    from workflows.local import LocalEngine
+    from workflows.task_flow import TASK_FLOW
+
+    return LocalEngine(repo / ".beads-runner" / "state.db", TASK_FLOW)
+
+
 def session_intervals(repo: Path) -> list[tuple[float, float]]:
-    db = sqlite3.connect(repo / ".beads-runner" / "state.db")
-    rows = db.execute("SELECT started_at, finished_at FROM attempts WHERE step='process' AND finished_at IS NOT NULL")
-    return [(a, b) for a, b in rows]
+    tries = recorded_engine(repo).tries("process")
+    return [(t["started_at"], t["finished_at"]) for t in tries if t["finished_at"] is not None]
 
 
-__all__ = ["create_issue", "git", "issue", "max_overlap", "run_cli", "sample_repo", "session_intervals", "writes"]
+__all__ = ["create_issue", "git", "issue", "max_overlap", "recorded_engine", "run_cli", "sample_repo",
+           "session_intervals", "writes"]

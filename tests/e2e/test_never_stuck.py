@@ -9,7 +9,6 @@ outlasts agent.stall_timeout, so a runner that waited inside the session would k
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import textwrap
 import threading
@@ -17,7 +16,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.e2e.conftest import BEADS_RUNNER, create_issue, git, issue, run_cli, sample_repo, writes
+from tests.e2e.conftest import (BEADS_RUNNER, create_issue, git, issue, recorded_engine, run_cli, sample_repo,
+                                writes)
 from tests.fakes.bd_standin import bd_json, run_bd
 
 OUTAGE_S = 60.0  # the provider answers 429 insufficient_quota this long ...
@@ -111,13 +111,13 @@ def test_a_quota_outage_longer_than_the_stall_timeout_parks_then_both_issues_lan
         assert shown["status"] == "closed", shown
         assert "needs-human" not in (shown.get("labels") or [])
         assert explain(repo, env, issue_id)["code"] == "landed"
-    db = sqlite3.connect(repo / ".beads-runner" / "state.db")
-    attempts = db.execute("SELECT attempt, status, error FROM attempts WHERE step='process'").fetchall()
-    assert [(a, status) for a, status, _ in attempts] == [(1, "succeeded")] * 2, attempts  # no try spent
-    starts = [ts for (ts,) in db.execute("SELECT ts FROM events WHERE event='step started' AND step='process'")]
-    parked = db.execute("SELECT COUNT(*) FROM events WHERE event='step parked'").fetchone()[0]
-    parks = [json.loads(data) | {"ts": ts} for ts, data in
-             db.execute("SELECT ts, data FROM events WHERE event='provider limit: parked'")]
+    engine = recorded_engine(repo)
+    attempts = engine.tries("process")
+    assert [(t["attempt"], t["status"]) for t in attempts] == [(1, "succeeded")] * 2, attempts  # no try spent
+    events = engine.events_since(0, limit=100000)
+    starts = [e["ts"] for e in events if e["event"] == "step started" and e["step"] == "process"]
+    parked = sum(1 for e in events if e["event"] == "step parked")
+    parks = [e for e in events if e["event"] == "provider limit: parked"]
     assert parks and parked >= 1 and len(starts) == parked + 2
     # Not hammered: no session started while the provider was parked ...
     for park in parks:

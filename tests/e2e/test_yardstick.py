@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BEADS_RUNNER, git, issue
+from tests.e2e.conftest import BEADS_RUNNER, git, issue, recorded_engine
 from tests.fakes.bd_standin import bd_json, create_issue, make_beads_repo, run_bd, standin_env
 
 AGENT = textwrap.dedent("""\
@@ -124,10 +123,8 @@ class Repo:
         return git(self.path, "rev-parse", "main").strip() != self.initial
 
     def outcome(self, issue_id: str) -> tuple[str, dict]:
-        db = sqlite3.connect(self.path / ".beads-runner" / "state.db")
-        status, outcome = db.execute("SELECT status, outcome FROM runs WHERE key=? ORDER BY created_at DESC",
-                                     (issue_id,)).fetchone()
-        return status, json.loads(outcome or "{}")
+        [run] = recorded_engine(self.path).runs(key=issue_id, limit=1)
+        return run.status, run.outcome or {}
 
 
 def assert_handed_over(repo: Repo, issue_id: str, *words: str) -> str:
@@ -232,7 +229,7 @@ def test_a_person_who_closes_or_takes_the_issue_mid_session_wins(tmp_path, perso
     assert not repo.landed()
     assert git(repo.path, "branch", "--list", f"beads-runner/{taken}").strip()  # the branch is kept
     status, outcome = repo.outcome(taken)
-    assert status == "succeeded" and outcome["skipped"] and outcome["superseded"], outcome
+    assert status == "succeeded" and outcome["no_work"] and outcome["superseded"], outcome
 
 
 def _cli(repo: Repo, *args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""opencode's real `--format json` streams (recorded in /work/shared/opencode) folded into verdicts."""
+"""opencode's real `--format json` streams (recorded copies in tests/fixtures/opencode) folded into verdicts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from beads_runner.agent.base import TokenUsage
 from beads_runner.agent.events import SessionEvents
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "opencode"
+SHARED = Path(__file__).resolve().parents[1] / "fixtures" / "opencode"
 
 # file -> (exit code opencode gave, ok, retryable, session id, reason starts with, tokens total)
 EXPECTED = {
@@ -27,10 +27,7 @@ EXPECTED = {
 
 
 def _recorded(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"recorded opencode streams not found at {SHARED} (they sit beside the checkout in /work/shared)")
-    return path
+    return SHARED / name
 
 
 def _fold(path: Path) -> SessionEvents:
@@ -41,8 +38,6 @@ def _fold(path: Path) -> SessionEvents:
 
 
 def test_every_recorded_stream_is_covered():
-    if not SHARED.is_dir():
-        pytest.skip(f"recorded opencode streams not found at {SHARED}")
     assert sorted(p.name for p in SHARED.glob("*.ndjson")) == sorted(EXPECTED)
 
 

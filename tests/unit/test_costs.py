@@ -4,6 +4,7 @@ from the process step's notes, by UTC day, against a daily budget."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from beads_runner import costs
 from workflows.local import SCHEMA
 
-SAMPLE = Path("/work/shared/opencode/run-success.events.ndjson")
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "opencode" / "run-success.events.ndjson"
 
 
 def ts(text: str) -> float:
@@ -28,14 +29,7 @@ DAY3_NOON = ts("2026-11-22T12:00:00")
 
 
 def sample_events() -> list[dict]:
-    if SAMPLE.exists():
-        return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    tokens = {"total": 109, "input": 102, "output": 7, "reasoning": 0, "cache": {"write": 0, "read": 0}}
-    return [{"type": "step_start", "sessionID": "ses_x", "part": {}},
-            {"type": "step_finish", "sessionID": "ses_x", "part": {"reason": "tool-calls", "tokens": tokens}},
-            {"type": "text", "sessionID": "ses_x", "part": {"text": "done"}},
-            {"type": "step_finish", "sessionID": "ses_x",
-             "part": {"reason": "stop", "tokens": {**tokens, "total": 110, "input": 103}}}]
+    return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
 
 
 def stream(costs_and_times: list[tuple[float, float]], *, cache_read: int = 0) -> str:
@@ -54,10 +48,14 @@ def stream(costs_and_times: list[tuple[float, float]], *, cache_read: int = 0) -
     return "\n".join(json.dumps(e) for e in events) + "\n"
 
 
-def write_session(state: Path, run_id: str, attempt: int, text: str) -> Path:
+FILE_TIME = ts("2001-09-09T01:46:40")  # far from every record: a file's own time must never matter
+
+
+def write_session(state: Path, run_id: str, attempt: int, text: str, file_time: float = FILE_TIME) -> Path:
     path = state / "runs" / run_id / f"agent-{attempt}.ndjson"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    os.utime(path, (file_time, file_time))
     return path
 
 
@@ -148,6 +146,33 @@ def test_nothing_recorded_is_nothing_spent(tmp_path):
     assert costs.spent_today(tmp_path / "missing") == 0.0
     assert costs.totals_by_day(tmp_path / "missing") == {}
     assert costs.budget_status(0.01, tmp_path / "missing") == (0.0, 0.01, False)
+
+
+@pytest.mark.parametrize("file_time", [FILE_TIME, ts("2030-01-01T00:00:00")], ids=["file-older", "file-newer"])
+def test_days_come_from_the_records_never_from_the_file_time(tmp_path, file_time):
+    """A stream copied, restored or written under a wrong clock keeps its records' days: the file's
+    modification time neither hides a day's spending nor moves it to another day."""
+    state = tmp_path / "state"
+    write_session(state, "run-a", 1, stream([(0.30, DAY1_LATE), (0.70, DAY2_EARLY)]), file_time=file_time)
+    assert costs.spent_today(state, now=DAY1_LATE) == pytest.approx(0.30)
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(0.70)
+    assert costs.spent_today(state, now=DAY3_NOON) == 0.0
+    assert list(costs.totals_by_day(state, since=DAY2_NOON)) == ["2026-11-21"]
+    assert [s.run_id for s in costs.sessions(state, since=DAY2_NOON)] == ["run-a"]
+    assert costs.sessions(state, since=DAY3_NOON) == []  # nothing spent on that day or after
+
+
+def test_a_stream_still_being_written_is_read_again(tmp_path):
+    state = tmp_path / "state"
+    text = stream([(0.25, DAY2_EARLY), (0.5, DAY2_EARLY)])
+    lines = text.splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"step_finish"' in line) + 1
+    path = write_session(state, "run-live", 1, "".join(lines[:cut]))
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(0.25)
+    with path.open("a") as fh:  # the session goes on: the same file grows
+        fh.write("".join(lines[cut:]))
+    os.utime(path, (FILE_TIME, FILE_TIME))
+    assert costs.spent_today(state, now=DAY2_NOON) == pytest.approx(0.75)
 
 
 def test_usage_is_the_agents_token_type_plus_dollars():

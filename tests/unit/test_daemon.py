@@ -4,7 +4,6 @@ what it leaves alone, and what it refuses."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -151,28 +150,6 @@ def test_what_the_gates_leave_behind_is_never_committed(repo, tmp_path):
     assert files == ["work-t-by.txt"]
 
 
-def test_the_beads_watcher_ignores_changes_the_runners_own_calls_made(tmp_path):
-    """The real bd touches its store even when it only reads: a runner woken by its own calls would
-    poll without end. A change counts only if some new mtime is not the runner's own."""
-    from beads_runner.daemon import ChangeWatcher
-
-    beads = tmp_path / ".beads"
-    beads.mkdir()
-    store = beads / "store"
-    store.write_text("0")
-    watcher = ChangeWatcher(beads)
-    assert not watcher.changed()
-
-    store.write_text("1")
-    mine = os.stat(store).st_mtime_ns
-    assert not watcher.changed(ours=lambda mtime: mtime == mine)
-
-    os.utime(store, ns=(mine + 10**9, mine + 10**9))  # a write by someone else
-    assert watcher.changed(ours=lambda mtime: mtime == mine)
-    (beads / "new-file").write_text("")  # an entry appeared: always a change
-    assert watcher.changed(ours=lambda mtime: True)
-
-
 def test_bd_tracker_knows_the_times_of_its_own_calls(tmp_path, monkeypatch):
     import time as _time
 
@@ -188,3 +165,40 @@ def test_bd_tracker_knows_the_times_of_its_own_calls(tmp_path, monkeypatch):
     assert tracker.changed_store_at((before + after) // 2)
     assert not tracker.changed_store_at(before - 10 * OWN_CHANGE_SLACK_NS)
     assert not tracker.changed_store_at(after + 10 * OWN_CHANGE_SLACK_NS)
+
+
+def test_an_engine_that_does_not_answer_is_asked_again_not_fatal(repo):
+    # Any engine (Hatchet's API down, say) may raise EngineUnavailable: the poll claims nothing and
+    # the loop goes on; `--once` does not call it idle; an unknown end is not a success.
+    from workflows.engine import EngineUnavailable
+    from workflows.local import LocalEngine
+    from workflows.task_flow import TASK_FLOW
+
+    class Down(LocalEngine):
+        down = True
+
+        def runs(self, *args, **kwargs):
+            if self.down:
+                raise EngineUnavailable("the engine is down", fix="start it")
+            return super().runs(*args, **kwargs)
+
+        def has_active_runs(self):
+            if self.down:
+                raise EngineUnavailable("the engine is down", fix="start it")
+            return super().has_active_runs()
+
+        def settled_run(self, run_id):
+            return None
+
+    JsonlTracker(repo).create("Ready", id="t-1")
+    svc = register_services(Services(repo, load_config(repo)))
+    engine = Down(repo / ".beads-runner" / "state.db", TASK_FLOW)
+    runner = Runner(svc, engine=engine)
+    assert runner.poll_once().submitted == []
+    assert JsonlTracker(repo).show("t-1").status == "open"  # nothing claimed while it was down
+    runner._drained_at = (0, 0)
+    assert runner._worth_asking() and not runner._idle()
+    runner.submitted.append("run-x")
+    assert runner.exit_code() == 1
+    engine.down = False
+    assert len(runner.poll_once().submitted) == 1

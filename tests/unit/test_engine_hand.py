@@ -77,12 +77,20 @@ def test_a_parked_step_waits_until_its_time_and_keeps_its_attempt(tmp_path):
 def test_admission_keeps_a_session_pending_until_it_says_yes(tmp_path):
     toy = Toy()
     gate = {"open": False}
-    eng = make(tmp_path, toy, admit=lambda key: gate["open"])
+    asked = threading.Semaphore(0)
+
+    def admit(key):
+        asked.release()
+        return gate["open"]
+
+    eng = make(tmp_path, toy, admit=admit)
     eng.start()
     try:
         run_id, _ = eng.submit(Inp(key="a"))
-        time.sleep(0.3)
-        assert toy.calls == [] and eng.get_run(run_id).status == "queued"
+        # The engine asked twice and was told no both times: the step is still pending, never run.
+        assert asked.acquire(timeout=30) and asked.acquire(timeout=30)
+        assert toy.calls == []
+        assert [(s.status, s.attempt) for s in eng.get_run(run_id).steps] == [("pending", 0)]
         gate["open"] = True
         view = eng.wait(run_id, timeout=30)
     finally:

@@ -224,16 +224,16 @@ def test_each_task_runs_the_same_step_function_with_the_same_result(repo, issue_
     parents = {"check-deps": dump(got_deps)}
     got_proc = asyncio.run(tasks["process"].aio_mock_run(inp, parent_outputs=parents))
     assert got_proc == TASK_FLOW.step("process").fn(inp, DirectContext({"check-deps": want_deps}))
-    assert isinstance(got_proc, ProcessOutput) and got_proc.skipped
+    assert isinstance(got_proc, ProcessOutput) and got_proc.no_work
     parents["process"] = dump(got_proc)
     got_ver = asyncio.run(tasks["verify"].aio_mock_run(inp, parent_outputs=parents))
-    assert isinstance(got_ver, VerifyOutput) and got_ver.skipped
+    assert isinstance(got_ver, VerifyOutput) and got_ver.no_work
     parents["verify"] = dump(got_ver)
     got_commit = asyncio.run(tasks["commit"].aio_mock_run(inp, parent_outputs=parents))
     want_commit = TASK_FLOW.step("commit").fn(inp, DirectContext(
         {"check-deps": want_deps, "process": got_proc, "verify": got_ver}))
     assert isinstance(got_commit, CommitOutput) and got_commit == want_commit
-    assert got_commit.skipped and "not ours" in got_commit.reason
+    assert got_commit.no_work and "not ours" in got_commit.reason
     assert [c[0] for c in calls] == ["check-deps", "process", "verify", "commit"]
     assert all(fn is TASK_FLOW.step(name).fn for name, fn in calls)
 
@@ -300,7 +300,7 @@ def test_retryable_step_failure_is_retried_by_hatchet():
 def test_a_parked_step_waits_in_place_and_runs_again_without_spending_a_try(monkeypatch):
     from workflows.spec import StepParked
 
-    monkeypatch.setattr(hb, "WAIT_STEP", 0.05)
+    monkeypatch.setattr("workflows.hatchet.workflow.WAIT_STEP", 0.05)
     calls, admitted = [], []
 
     def process(inp, ctx):
@@ -368,20 +368,36 @@ def test_process_refreshes_its_timeout_while_the_session_runs():
 
 
 def test_refresh_failures_do_not_fail_the_step():
+    """Each refresh raises (a broken channel; the real channel over a context whose refresh_timeout
+    raises, as with no engine): the session runs on until two refreshes were tried, and succeeds."""
+    tried: list[float] = []
+
     class Broken(RecordingChannel):
         def refresh(self, seconds):
+            tried.append(seconds)
             raise RuntimeError("no network")
 
-    def process(inp, ctx):
-        time.sleep(0.25)
+    class NoEngine:
+        def refresh_timeout(self, delta):
+            tried.append(delta.total_seconds())
+            raise ConnectionError("engine unreachable")
+
+    def process(inp, ctx):  # the session lasts until two refreshes were tried (or a minute)
+        deadline = time.monotonic() + 60
+        while len(tried) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         return ProcessOutput(summary="ok")
 
-    # The real channel (no engine here: every call fails) logs and drops; a raising one is contained too.
-    for channel in (hb.HatchetChannel, Broken):
+    for channel in (Broken, lambda ctx: hb.HatchetChannel(NoEngine())):
+        tried.clear()
         wf = build(flow=_toy_flow(process), channel=channel, refresh_every=0.1)
         out = asyncio.run(wf.beads_tasks["process"].aio_mock_run(
             TaskInput(issue_id="bd-6", repo="/r"), parent_outputs={"check-deps": {"proceed": True}}))
         assert out.summary == "ok"
+        assert len(tried) >= 2, f"{channel}: the refresh was never tried"
+    tried.clear()
+    hb.HatchetChannel(NoEngine()).refresh(90)  # the real channel contains the failure itself
+    assert tried == [90.0]
 
 
 def test_on_failure_calls_the_same_handler_with_the_failed_step_and_error():
@@ -404,12 +420,35 @@ def test_on_failure_calls_the_same_handler_with_the_failed_step_and_error():
     assert out == hb.FailureOutput(step="verify", reason="quality gates failed: t", attempts=2)
 
 
-def test_on_failure_is_task_flows_handler_by_default():
-    assert build().beads_tasks and TASK_FLOW.on_failure is not None
-    # build_workflow takes the handler from the flow it is given; TASK_FLOW's is task_flow.on_failure.
-    from workflows import task_flow
+def test_the_default_workflow_hands_a_failed_issue_to_a_person(tmp_path):
+    """build() without a flow registers TASK_FLOW's handover: the failed issue gets a comment saying
+    where and why the run failed, and is handed to a person (blocked, needs-human)."""
+    from hatchet_sdk.exceptions import NonRetryableException, TaskRunError
 
-    assert TASK_FLOW.on_failure is task_flow.on_failure
+    from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
+    from beads_runner.tracker.jsonl import JsonlTracker
+    from tests.helpers import new_repo
+
+    repo = new_repo(tmp_path / "repo")
+    (repo / ".beads").mkdir()
+    (repo / ".beads" / "issues.jsonl").write_text("")
+    tracker = JsonlTracker(repo)
+    tracker.create("Work", id="bd-8")
+    tracker.claim("bd-8")
+    register_services(Services(repo.resolve(), Config(), tracker_override=tracker))
+    task = build()._on_failure_task
+    inp = TaskInput(issue_id="bd-8", repo=str(repo.resolve()))
+    ctx = task._create_mock_context(inp)
+    encoded = hb.encode_failure(StepFailed("quality gates failed: t", retryable=False, detail="E1"), 3)
+    ctx._data.step_run_errors = {
+        "verify": TaskRunError.from_exception(NonRetryableException(encoded), "tr-1").serialize(include_metadata=True)}
+    out = asyncio.run(task.aio_call(ctx))
+    assert out == hb.FailureOutput(step="verify", reason="quality gates failed: t", attempts=3)
+    issue = tracker.show("bd-8")
+    assert issue.status == "blocked" and NEEDS_HUMAN_LABEL in issue.labels
+    [comment] = tracker.comments("bd-8")
+    text = comment["text"]
+    assert "failed at step verify after 3 attempt(s): quality gates failed: t" in text and "E1" in text
 
 
 def test_engine_timeouts_decode_to_their_first_line():

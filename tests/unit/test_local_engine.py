@@ -1,4 +1,4 @@
-"""The embedded engine on toy workflows: DAG order, retries with backoff, the cap, resume, failure."""
+"""The embedded engine on toy workflows: parents before children, retries with backoff, the cap, resume, failure."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ class Inp(BaseModel):
     fail_times: int = 0
     retryable: bool = True
     sleep: float = 0.0
-    hold_until_active: int = 0  # b waits (up to 20 s) until this many b steps have run at once
 
 
 class Out(BaseModel):
@@ -39,9 +38,6 @@ def _step(name):
                 active["now"] += 1
                 active["max"] = max(active["max"], active["now"])
             try:
-                held = time.monotonic() + 20
-                while inp.hold_until_active and active["max"] < inp.hold_until_active and time.monotonic() < held:
-                    time.sleep(0.01)
                 deadline = time.monotonic() + inp.sleep
                 while time.monotonic() < deadline and not ctx.cancel.is_set():
                     time.sleep(0.01)
@@ -84,19 +80,38 @@ def engine(tmp_path, **kw):
     return LocalEngine(tmp_path / "state.db", make_flow(), **kw)
 
 
-def test_steps_run_in_dag_order_and_outputs_flow_to_children(tmp_path):
-    eng = engine(tmp_path)
+def test_a_step_starts_only_after_all_its_parents_and_reads_each_parents_output(tmp_path):
+    """A diamond: a -> (b, c) -> d. c reads a (not the
+    step before it), d reads both b and c; each step starts after every parent finished."""
+    seen: dict[str, str] = {}
+
+    def step(name, parents):
+        def fn(inp: Inp, ctx) -> Out:
+            got = "+".join(ctx.parent(p).value for p in parents)
+            seen[name] = got
+            return Out(value=f"{name}({got})" if parents else name)
+        return fn
+
+    flow = WorkflowSpec(name="diamond", input=Inp, key=lambda inp: inp.key, steps=(
+        StepSpec("a", step("a", ()), Out),
+        StepSpec("b", step("b", ("a",)), Out, parents=("a",)),
+        StepSpec("c", step("c", ("a",)), Out, parents=("a",)),
+        StepSpec("d", step("d", ("b", "c")), Out, parents=("b", "c")),
+    ))
+    eng = LocalEngine(tmp_path / "state.db", flow, retry=RetryPolicy(attempts=1, backoff=0.01))
     eng.start()
     try:
         run_id, created = eng.submit(Inp(key="k1"))
-        view = eng.wait(run_id, timeout=10)
+        view = eng.wait(run_id, timeout=60)
     finally:
         eng.stop()
-    assert created
-    assert view.status == "succeeded"
-    assert [c[1] for c in calls] == ["a", "b", "c"]
-    assert view.outcome == {"value": "abc"}
-    assert [s.status for s in view.steps] == ["succeeded"] * 3
+    assert created and view.status == "succeeded", view
+    assert seen == {"a": "", "b": "a", "c": "a", "d": "b(a)+c(a)"}
+    assert view.outcome == {"value": "d(b(a)+c(a))"}
+    times = {a["step"]: (a["started_at"], a["finished_at"]) for a in eng.attempts(run_id)}
+    for child, parents in {"b": "a", "c": "a", "d": "bc"}.items():
+        for parent in parents:
+            assert times[child][0] >= times[parent][1], f"{child} started before its parent {parent} finished"
 
 
 def test_one_active_run_per_key(tmp_path):
@@ -151,17 +166,48 @@ def test_non_retryable_failure_stops_at_once(tmp_path):
 
 
 def test_concurrency_cap_holds_and_is_filled(tmp_path):
-    eng = engine(tmp_path, max_sessions=3, workers=8)
+    """Seven runs, cap 3: three sessions start and hold; while they hold, the dispatcher weighs the
+    four others (admission is asked for them, twice over) and starts none; released, all finish."""
+    release, cond = threading.Event(), threading.Condition()
+    state = {"now": 0, "max": 0, "asked": 0}
+
+    def session(inp: Inp, ctx) -> Out:
+        with cond:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            cond.notify_all()
+        try:
+            release.wait(60)
+        finally:
+            with cond:
+                state["now"] -= 1
+        return Out(value="done")
+
+    def admit(key):
+        with cond:
+            state["asked"] += 1
+            cond.notify_all()
+        return True
+
+    flow = WorkflowSpec(name="capped", input=Inp, key=lambda inp: inp.key,
+                        steps=(StepSpec("s", session, Out, concurrency_key="slot"),))
+    eng = LocalEngine(tmp_path / "state.db", flow, max_sessions=3, workers=8, admit=admit,
+                      retry=RetryPolicy(attempts=1, backoff=0.01))
     eng.start()
     try:
-        # Each b holds until three have run side by side: the cap is filled whatever the machine's
-        # speed, and a cap that let more through would show as more than three.
-        ids = [eng.submit(Inp(key=f"k{i}", sleep=0.05, hold_until_active=3))[0] for i in range(7)]
+        ids = [eng.submit(Inp(key=f"k{i}"))[0] for i in range(7)]
+        with cond:
+            assert cond.wait_for(lambda: state["now"] == 3, timeout=60), state
+            asked = state["asked"]
+            assert cond.wait_for(lambda: state["asked"] >= asked + 8, timeout=60), state
+        assert state["now"] == 3 and eng.sessions_in_use("slot") == 3
+        release.set()
         views = [eng.wait(r, timeout=60) for r in ids]
     finally:
+        release.set()
         eng.stop()
     assert all(v.status == "succeeded" for v in views)
-    assert active["max"] == 3
+    assert state["max"] == 3
 
 
 def test_step_timeout_cancels_and_counts_as_a_failed_attempt(tmp_path):
@@ -192,28 +238,47 @@ def test_stop_interrupts_without_spending_an_attempt_and_a_new_engine_resumes(tm
     resumed = LocalEngine(tmp_path / "state.db", make_flow(), retry=RetryPolicy(backoff=0.01))
     resumed.start()
     try:
-        view = resumed.wait(run_id, timeout=2)
-        assert view.status == "running"  # b is running again (it sleeps 30 s)
-        assert [c[1] for c in calls] == ["b"]  # a was not run again
+        deadline = time.monotonic() + 60  # b runs again (it sleeps 30 s): wait until its function runs
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        step_b = next(s for s in resumed.get_run(run_id).steps if s.name == "b")
+        assert (step_b.status, step_b.attempt) == ("running", 1)  # the interrupted try was not spent
+        assert [c[1:] for c in calls] == [("b", 1)]  # a was not run again
     finally:
         resumed.stop()
 
 
-def test_orphaned_step_of_a_dead_owner_is_resumed(tmp_path):
+def test_orphaned_step_of_a_dead_owner_is_resumed_and_a_live_owners_is_not(tmp_path):
+    import os
+    import socket
+
+    from tests.helpers import dead_pid
+
     eng = engine(tmp_path)
     run_id, _ = eng.submit(Inp(key="orphan"))
     db = eng._conn()
-    # Simulate a runner that died while holding step a: a pid that does not exist, lease in the future.
-    db.execute("UPDATE steps SET status='running', attempt=1, owner=?, lease_until=? WHERE run_id=? AND name='a'",
-               (f"{__import__('socket').gethostname()}:999999:dead", time.time() + 3600, run_id))
+
+    def held_by(pid: int) -> None:  # step a held by a runner with this pid, its lease an hour ahead
+        db.execute("UPDATE steps SET status='running', attempt=1, owner=?, lease_until=? "
+                   "WHERE run_id=? AND name='a'", (f"{socket.gethostname()}:{pid}:other", time.time() + 3600, run_id))
+
+    def step_a():
+        return next(s for s in eng.get_run(run_id).steps if s.name == "a")
+
+    held_by(os.getpid())  # alive (this very process, as another engine in it): its lease stands
+    eng._recover_orphans()
+    assert (step_a().status, step_a().attempt) == ("running", 1)
+    held_by(dead_pid())  # a runner that died holding it
+    eng._recover_orphans()
+    assert (step_a().status, step_a().attempt) == ("pending", 0)  # back, the interrupted try not spent
+    assert any(e["event"] == "step resumed" for e in eng.events(run_id))
     eng.start()
     try:
-        view = eng.wait(run_id, timeout=10)
+        view = eng.wait(run_id, timeout=60)
     finally:
         eng.stop()
     assert view.status == "succeeded"
-    a = next(s for s in view.steps if s.name == "a")
-    assert a.attempt == 1  # the interrupted attempt was not counted
+    assert step_a().attempt == 1
 
 
 def test_a_step_outcome_the_full_disk_refused_is_recorded_once_space_is_back(tmp_path, monkeypatch):

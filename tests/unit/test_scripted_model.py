@@ -218,9 +218,11 @@ def test_hang_never_answers_until_stop():
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.5)
-    assert thread.is_alive()
+    deadline = time.monotonic() + 30  # until the server holds the request (not a guess at how long that takes)
+    while srv.stats()["in_flight"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert srv.stats()["in_flight"] == 1
+    assert thread.is_alive() and not errors  # held, not answered
     stop_started = time.monotonic()
     srv.stop()
     thread.join(30)

@@ -1,7 +1,7 @@
 """`status`, `logs` and `review` against runs recorded by the real engine and daemon.
 
 The agent is the `command` kind: a Python script that prints a real opencode event stream
-(/work/shared/opencode/run-success.events.ndjson, re-stamped now, with a cost we set on each
+(tests/fixtures/opencode/run-success.events.ndjson, re-stamped now, with a cost we set on each
 step_finish) and writes a file, except for issues whose id says `fail`, which change nothing and
 so fail after three tries and go to a person.
 """
@@ -27,9 +27,7 @@ from beads_runner.status import collect_status, render_status, render_text, revi
 from beads_runner.tracker.jsonl import JsonlTracker
 from workflows.task_flow import TaskInput
 
-EVENTS = Path("/work/shared/opencode/run-success.events.ndjson")
-if not EVENTS.exists():  # a copy of its essentials, for machines without the shared directory
-    EVENTS = None
+EVENTS = Path(__file__).resolve().parents[1] / "fixtures" / "opencode" / "run-success.events.ndjson"
 
 STEP_COST = 0.125  # per step_finish; the stream has two, so 0.25 a session
 SESSION_TOKENS = 109 + 110
@@ -53,30 +51,13 @@ AGENT = textwrap.dedent("""\
         pathlib.Path(f"work-{issue}.txt").write_text("done\\n")
 """) % STEP_COST
 
-FALLBACK_EVENTS = "\n".join(json.dumps(e) for e in [
-    {"type": "step_start", "timestamp": 1, "sessionID": "ses_x", "part": {"type": "step-start"}},
-    {"type": "text", "timestamp": 1, "sessionID": "ses_x", "part": {"type": "text", "text": "Writing the file."}},
-    {"type": "tool_use", "timestamp": 1, "sessionID": "ses_x",
-     "part": {"type": "tool", "tool": "write", "state": {"status": "completed", "title": "hello.txt"}}},
-    {"type": "step_finish", "timestamp": 1, "sessionID": "ses_x",
-     "part": {"reason": "tool-calls", "tokens": {"total": 109, "input": 102, "output": 7, "reasoning": 0,
-                                                 "cache": {"write": 0, "read": 0}}, "cost": 0}},
-    {"type": "step_start", "timestamp": 1, "sessionID": "ses_x", "part": {"type": "step-start"}},
-    {"type": "text", "timestamp": 1, "sessionID": "ses_x", "part": {"type": "text", "text": "I wrote it. Done."}},
-    {"type": "step_finish", "timestamp": 1, "sessionID": "ses_x",
-     "part": {"reason": "stop", "tokens": {"total": 110, "input": 103, "output": 7, "reasoning": 0,
-                                           "cache": {"write": 0, "read": 0}}, "cost": 0}},
-]) + "\n"
-
-
-
 def make_repo(root: Path, *, max_sessions: int = 3, hold: Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     repo = root / "repo"
     new_repo(repo)
     (root / "agent.py").write_text(AGENT)
     events = root / "events.ndjson"
-    events.write_text(EVENTS.read_text() if EVENTS else FALLBACK_EVENTS)
+    events.write_text(EVENTS.read_text())
     args = [str(events)] + ([str(hold)] if hold else [])
     (repo / ".gitignore").write_text(".beads-runner/\n")
     (repo / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
@@ -313,23 +294,20 @@ def test_watch_redraws_until_ctrl_c_and_returns_cleanly(recorded, monkeypatch):
 
     import beads_runner.status as status_mod
 
-    ticks = {"n": 0}
-
-    def sleep(_seconds):
-        ticks["n"] += 1
-        if ticks["n"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(status_mod.time, "sleep", sleep)
+    # No clock is patched: the watch redraws with no pause (interval 0), and Ctrl-C arrives while
+    # the third status is being collected: the first draw and two redraws went out.
     calls = {"n": 0}
     real = status_mod.collect_status
 
     def counting(*args, **kwargs):
         calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(status_mod, "collect_status", counting)
     buf = io.StringIO()
-    status_mod.watch_status(services(recorded), console=Console(file=buf, width=160, force_terminal=False))
-    assert calls["n"] == 3  # the first draw and two refreshes; Ctrl-C during the third wait
+    status_mod.watch_status(services(recorded), interval=0,
+                            console=Console(file=buf, width=160, force_terminal=False))
+    assert calls["n"] == 3
     assert "sessions in use: 0/3" in buf.getvalue()

@@ -18,7 +18,7 @@ from beads_runner.tracker.jsonl import JsonlTracker
 from beads_runner.tracker.parse import CloseBlocked
 from tests.fakes.bd_standin import bd_json, make_beads_repo, put_bd_on_path
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "beads" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "beads"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 T0 = "2026-01-01T00:00:00Z"
 
@@ -197,6 +197,25 @@ def test_claim_refuses_someone_elses_and_closed(repo: Path):
         tracker.claim("t-zzz")
 
 
+def test_claimed_lists_only_this_actors_issues_in_progress(repo: Path):
+    """What the runner takes back at start: in progress under its actor, nothing else."""
+    write(repo, issue("t-mine", status="in_progress", assignee="me"),
+          issue("t-alice", status="in_progress", assignee="alice"),
+          issue("t-unowned", status="in_progress"),
+          issue("t-done", status="closed", assignee="me"),
+          issue("t-handed", status="blocked", assignee="me", labels=["needs-human"]),
+          issue("t-assigned", assignee="me"),  # assigned to us but never started
+          issue("t-open"))
+    tracker = JsonlTracker(repo, actor="me")
+    assert [i.id for i in tracker.claimed()] == ["t-mine"]
+    assert [i.id for i in JsonlTracker(repo, actor="alice").claimed()] == ["t-alice"]
+    tracker.claim("t-open")
+    assert sorted(i.id for i in tracker.claimed()) == ["t-mine", "t-open"]
+    tracker.release("t-mine")
+    tracker.close("t-open", "done")
+    assert tracker.claimed() == []
+
+
 def _claim_one(args: tuple[str, str, str]) -> str:
     repo, actor, issue_id = args
     try:
@@ -324,8 +343,6 @@ def test_create_and_add_dependency(repo: Path):
 
 
 def test_fixture_format_files(repo: Path):
-    if not FIXTURES.is_dir():
-        pytest.skip(f"the shared bd fixtures are not here ({FIXTURES})")
     text = "".join(p.read_text(encoding="utf-8") for p in sorted(FIXTURES.glob("*.issues*.jsonl")))
     path = repo / ".beads" / "issues.jsonl"
     path.parent.mkdir()

@@ -10,12 +10,10 @@ import pytest
 from beads_runner.errors import ClaimConflict, IssueNotFound, TrackerBusy, TrackerError, TrackerUnavailable
 from beads_runner.tracker import parse
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "beads" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "beads"
 
 
 def fixture_lines(pattern: str) -> list[tuple[str, dict]]:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"the shared bd fixtures are not here ({FIXTURES}); they live beside the project checkout")
     lines = []
     for path in sorted(FIXTURES.glob(pattern)):
         for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

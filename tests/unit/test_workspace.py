@@ -145,12 +145,22 @@ def test_land_when_target_is_not_checked_out_uses_compare_and_swap(repo):
 
 def test_remove_worktree_deletes_only_merged_branches(repo):
     ws = Workspace(repo)
-    path = ws.ensure_worktree("bd-9")
-    (path / "g.txt").write_text("g\n")
-    ws.commit("bd-9", msg("bd-9"))
-    ws.remove_worktree("bd-9")  # not landed: the branch must stay
-    assert not path.exists()
-    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9")
+    kept = ws.ensure_worktree("bd-9")
+    (kept / "g.txt").write_text("g\n")
+    unlanded = ws.commit("bd-9", msg("bd-9"))
+    landed_wt = ws.ensure_worktree("bd-10")
+    (landed_wt / "h.txt").write_text("h\n")
+    ws.commit("bd-10", msg("bd-10"))
+    ws.land("bd-10")
+
+    ws.remove_worktree("bd-9")  # not landed: the worktree goes, the branch and its commit stay
+    ws.remove_worktree("bd-10")  # landed: both go
+    assert not kept.exists() and not landed_wt.exists()
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert str(kept) not in listed and str(landed_wt) not in listed  # git forgot them too
+    assert git(repo, "rev-parse", "--verify", "beads-runner/bd-9") == unlanded
+    assert git(repo, "branch", "--list", "beads-runner/bd-10") == ""
+    assert (repo / "h.txt").exists() and not (repo / "g.txt").exists()  # main has only the landed work
 
 
 # --- land.push: many machines, one remote --------------------------------------------------------
@@ -346,6 +356,31 @@ def test_what_the_agent_committed_under_beads_itself_is_never_committed(repo):
     git(path, "commit", "-qm", "agent's own commit")
     sha = ws.commit("bd-19", msg("bd-19"), paths=["work.txt"])
     assert git(repo, "show", "--name-only", "--format=", sha).split() == ["work.txt"]
+
+
+def test_changes_to_tracked_files_under_an_ignored_directory_commit_without_gits_ignored_hint(repo):
+    """Issue 17 item 18: a tracked file under an ignored directory, changed or deleted by the agent,
+    made the commit fail with git's "paths are ignored by one of your .gitignore files" hint; a file
+    the agent created and then ignored itself is left out, as `git add -A .` leaves it."""
+    (repo / ".gitignore").write_text("vendor/\n")
+    (repo / "vendor").mkdir()
+    (repo / "vendor" / "kept.txt").write_text("v1\n")
+    (repo / "vendor" / "gone.txt").write_text("bye\n")
+    git(repo, "add", "-f", ".gitignore", "vendor/kept.txt", "vendor/gone.txt")
+    git(repo, "commit", "-qm", "vendored files, tracked under an ignored directory")
+    ws = Workspace(repo)
+    path = ws.ensure_worktree("bd-1i")
+    (path / "vendor" / "kept.txt").write_text("v2\n")
+    (path / "vendor" / "gone.txt").unlink()
+    (path / "scratch.log").write_text("noise\n")
+    (path / "work.txt").write_text("w\n")
+    changed = ws.changed_files("bd-1i")
+    assert {"vendor/kept.txt", "vendor/gone.txt", "scratch.log", "work.txt"} <= set(changed)
+    with (path / ".gitignore").open("a") as fh:  # the agent ignores its scratch file after the snapshot
+        fh.write("*.log\n")
+    sha = ws.commit("bd-1i", msg("bd-1i"), paths=[*changed, ".gitignore"])
+    shown = git(repo, "show", "--name-status", "--format=", sha).split("\n")
+    assert sorted(shown) == sorted(["M\t.gitignore", "D\tvendor/gone.txt", "M\tvendor/kept.txt", "A\twork.txt"])
 
 
 def test_a_rebase_whose_regate_was_interrupted_is_gated_before_it_lands(repo):
