@@ -177,7 +177,7 @@ class Notifier:
             nonlocal problem
             problem = getattr(state.outcome.exception(), "problem", "") if state.outcome else ""
             log.warning("notification not delivered, will retry", url=endpoint.url, problem=problem,
-                        delivery_try=state.attempt_number, retry_in=state.upcoming_sleep)
+                        delivery=state.attempt_number, retry_in=state.upcoming_sleep)
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, _NotDelivered) and exc.retryable),

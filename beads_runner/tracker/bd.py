@@ -199,7 +199,7 @@ class BdTracker:
         except TrackerBusy as exc:
             tries = retrying.statistics.get("attempt_number", 1)
             if tries > 1 and (getattr(exc, "timed_out", False) or tries == self.busy_attempts):
-                exc.message = f"{exc.message} (after {tries} tries)"
+                exc.message = f"{exc.message} (after {tries} calls)"
                 exc.args = (exc.message,)
             raise
 

@@ -252,7 +252,7 @@ def test_persistent_lock_surfaces_as_busy(repo: Path, tracker: BdTracker, faults
     with pytest.raises(TrackerBusy) as info:
         tracker.claim(a)
     assert info.value.retryable and "database is locked" in str(info.value)
-    assert f"bd update {a} --claim" in str(info.value) and "(after 4 tries)" in str(info.value)
+    assert f"bd update {a} --claim" in str(info.value) and "(after 4 calls)" in str(info.value)
 
 
 def test_garbage_surfaces_as_busy_with_the_text(repo: Path, tracker: BdTracker, faults):
