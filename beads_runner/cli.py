@@ -249,7 +249,7 @@ def review(ctx: click.Context, issue_id: str | None, since: str | None, as_json:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(printable(render_review(data), keep_newlines=True))
+        click.echo(printable(render_review(data, terminal=sys.stdout.isatty()), keep_newlines=True))
 
 
 @main.command()

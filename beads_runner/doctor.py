@@ -123,8 +123,9 @@ def render_checks(checks: list[Check], *, terminal: bool) -> str:
 
     On a terminal it fits the width (long details wrap in their column) and FAIL is red; in a pipe
     each row stays on its line, uncoloured, so that `grep` finds it."""
-    from rich.console import Console
     from rich.table import Table
+
+    from beads_runner.tables import table_text
     from rich.text import Text
 
     table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
@@ -136,8 +137,4 @@ def render_checks(checks: list[Check], *, terminal: bool) -> str:
             detail.append(f"\nfix: {c.fix}")
         mark = ("[ok  ]", "") if c.ok else ("[FAIL]", "bold red")
         table.add_row(Text.assemble(mark, " ", c.name), detail)
-    console = Console(width=None if terminal else 100_000, force_terminal=terminal or None,
-                      color_system="auto" if terminal else None, highlight=False)
-    with console.capture() as captured:
-        console.print(table)
-    return "\n".join(line.rstrip() for line in captured.get().rstrip("\n").splitlines())
+    return table_text(table, terminal=terminal)

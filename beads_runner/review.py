@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from beads_runner.services import Services
+from beads_runner.tables import table_text
 
 from beads_runner.run_views import PROCESS, _ago, _engine, _money, _outcome_line, _run_dict, one_line
 
@@ -20,7 +21,7 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
     """Landed commits (found by their `Beads-Issue` trailer on the target) and, for one issue, its
     whole history. Keys (`review --json`): `target`, `since`, `issue_id`, `commits` (newest first:
     `sha`, `issue_id`, `title`, `subject`, `date`, `author`, `run_id`, `agent`, `gates`, `attempts`
-    (agent sessions of the landing run; null if the run is unknown here), `duration_s`, `tokens`,
+    (tries of the landing run's process step; null if the run is unknown here), `duration_s`, `tokens`,
     `cost`, `diff_command`), and `history` (null without an issue: every run of the issue, newest
     first, with `run_id`, `status`, `phase`, `result`, `failed_step`, `error`, `commit`, `attempts`
     (each step try with status and error), `sessions`, `tokens`, `cost`, ...)."""
@@ -62,21 +63,37 @@ def review_data(svc: Services, issue_id: str | None = None, since: str | None = 
 
 
 
-def render_review(data: dict[str, Any]) -> str:
+def commits_table(commits: list[dict[str, Any]]):
+    """The landed commits as a rich table, one row each: the commit, the issue, and the title over
+    what the landing took (every cell plain text, never markup)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    # No styles: the CLI prints it as text. Short columns never wrap; on a narrow terminal the long ones fold.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
+    table.add_column("commit", no_wrap=True)
+    table.add_column("issue", no_wrap=True)
+    table.add_column("title, then what it took", overflow="fold")
+    for c in commits:
+        details = [one_line(c["title"], 200), f"gates: {c['gates'] or '-'}  agent: {c['agent'] or '-'}"]
+        if c["duration_s"] is not None:
+            details.append(f"{c['attempts']} attempt(s), took {_ago(c['duration_s'])}, {c['tokens']:,} tokens, "
+                           f"{_money(c['cost'])}")
+        details.append(f"{c['date']}  run {c['run_id'] or '-'}  diff: {c['diff_command']}")
+        table.add_row(Text(c["sha"][:10]), Text(c["issue_id"]), Text("\n".join(details)))
+    return table
+
+
+def render_review(data: dict[str, Any], *, terminal: bool = False) -> str:
     lines: list[str] = []
     commits = data["commits"]
     if not commits:
         lines.append(f"no landed commits on {data['target']}"
                      + (f" for {data['issue_id']}" if data.get("issue_id") else "")
                      + " (looked for the Beads-Issue trailer)")
-    for c in commits:
-        lines.append(f"{c['sha'][:10]}  {c['issue_id']:<14} {one_line(c['title'], 200)}")
-        details = [f"gates: {c['gates'] or '-'}", f"agent: {c['agent'] or '-'}"]
-        if c["duration_s"] is not None:
-            details += [f"{c['attempts']} attempt(s)", f"took {_ago(c['duration_s'])}", f"{c['tokens']:,} tokens",
-                        _money(c["cost"])]
-        lines.append("            " + "  ".join(details))
-        lines.append(f"            {c['date']}  run {c['run_id'] or '-'}  diff: {c['diff_command']}")
+    else:
+        lines.append(table_text(commits_table(commits), terminal=terminal))
     if data.get("history") is not None:
         lines += ["", f"HISTORY of {data['issue_id']}" + ("" if data["history"] else ": no runs recorded here")]
         for h in data["history"]:
