@@ -909,6 +909,11 @@ class HatchetEngine:
             event["id"] = n
         return [e for e in out if e["id"] > after_id]
 
+    def dashboard_url(self, run_id: str) -> str | None:
+        """The run in Hatchet's own dashboard: the client's server URL + /runs/<id>."""
+        base = str(getattr(self.hatchet.config, "server_url", "") or "").rstrip("/")
+        return f"{base}/runs/{run_id}" if base and _is_run_id(run_id) else None
+
     def sessions_in_use(self, key: str) -> int:
         return sum(1 for run in self.runs(statuses=_ACTIVE, limit=1000)
                    for s in run.steps if s.status == "running" and self.flow.step(s.name).concurrency_key == key)

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE UNIQUE INDEX IF NOT EXISTS runs_one_active_per_key ON runs(workflow, key)
     WHERE status IN ('queued', 'running', 'failing');
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs(workflow, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs(workflow, key, created_at);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
@@ -794,6 +796,10 @@ class LocalEngine:
     def sessions_in_use(self, key: str) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM steps WHERE status='running' AND concurrency_key=?",
                                     (key,)).fetchone()[0]
+
+    def dashboard_url(self, run_id: str) -> str | None:
+        """The embedded engine has no dashboard of its own (the console is it)."""
+        return None
 
     def _view(self, row: sqlite3.Row) -> RunView:
         steps = self._conn().execute("SELECT * FROM steps WHERE run_id=? ORDER BY position", (row["id"],)).fetchall()
