@@ -39,7 +39,29 @@ async def in_thread(fn, *args, **kwargs):
     limiter = getattr(in_thread, "limiter", None)
     if limiter is None:
         limiter = in_thread.limiter = anyio.CapacityLimiter(1)
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+    return await anyio.to_thread.run_sync(functools.partial(_trimmed, fn, *args, **kwargs), limiter=limiter)
+
+
+def _trimmed(fn, *args, **kwargs):
+    """`fn`, then the heap it freed handed back to the system (glibc's malloc_trim): the runs a
+    request read are garbage once it answers, and the daemon's RSS should not keep their peak."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _TRIM is not None:
+            _TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 async def _call(fn, *args, **kwargs):

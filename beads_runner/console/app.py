@@ -4,6 +4,7 @@ thread of the daemon (`beads-runner start --ui`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,4 +121,12 @@ def start_in_thread(svc: Services, engine: Any, host: str = DEFAULT_HOST, port: 
     server = make_server(build_app(svc, engine=engine, host=host), host, port)
     thread = threading.Thread(target=server.run, name="console", daemon=True)
     thread.start()
+    # Up, or why not (a port in use ends uvicorn's thread): before the runner claims anything.
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        thread.join(0.05)
+    if not server.started:
+        server.should_exit = True
+        raise RunnerError(f"the console could not listen on {host}:{port}",
+                          fix="choose another --ui-port (is another console or program on it?), or leave out --ui")
     return server

@@ -24,7 +24,7 @@ STEPS = tuple(s.name for s in TASK_FLOW.steps)  # check-deps, process, verify, c
 # The groups of the runs list (`?group=`): engine statuses to ask for.
 GROUPS: dict[str, tuple[str, ...] | None] = {"all": None, "active": ACTIVE, "finished": FINISHED,
                                              "failed": ("failed", "failing"), "succeeded": ("succeeded",)}
-MAX_LIMIT = 500
+MAX_LIMIT = 100  # a page of runs; more at once would grow the daemon's heap for little use
 TRANSCRIPT_EVENTS = 400  # per session: the last ones (a long session can write thousands)
 TAIL_BYTES = 16_000  # of each gate log, and of the diff (x8)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
