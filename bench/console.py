@@ -9,7 +9,8 @@ take hours. Requests go through Starlette's TestClient (in process, no network).
 Measured: p50/p95 of `GET /api/runs` (default page: the newest 50), `GET /runs` (the runs page) and
 `GET /` (Now); and the RSS the console adds to a daemon-like process: a process holding a
 LocalEngine on the history, then importing the console and serving it with uvicorn on a loopback
-port in a thread (as `start --ui` does), after answering requests of every kind.
+port in a thread (as `start --ui` does), after answering each kind of request three times (API
+runs at 50 and at 100 a page, the runs page, Now, Charts, /metrics, a run's page).
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ from beads_runner.console.app import start_in_thread
 server = start_in_thread(svc, engine, '127.0.0.1', port)
 while not server.started:
     time.sleep(0.05)
-for path in ['/api/runs', '/runs', '/', '/charts', '/metrics', '/api/runs?limit=500'] * 3:
+run_id = engine.runs(limit=1)[0].id
+for path in ['/api/runs', '/runs', '/', '/charts', '/metrics', '/api/runs?limit=100', f'/runs/{run_id}'] * 3:
     urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=60).read()
 after = rss()
 print(before, after)
@@ -174,11 +176,40 @@ def measure_rss(repo: Path) -> tuple[int, int]:
     return before, after
 
 
+def screenshots(out: Path, runs: int = 400) -> None:
+    """docs/console-{now,runs,charts}-history.png: the console over a stand-in history, in Debian's
+    chromium (Playwright with its executable path)."""
+    from playwright.sync_api import sync_playwright
+
+    from beads_runner.config import load_config
+    from beads_runner.console.app import start_in_thread
+    from beads_runner.daemon import build_engine
+    from beads_runner.services import Services
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = _make_repo(Path(tmp))
+        seed_history(repo / ".beads-runner" / "state.db", runs, running=3, issue_prefix="demo")
+        svc = Services(repo, load_config(repo))
+        server = start_in_thread(svc, build_engine(svc), "127.0.0.1", 18765)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for path, name in (("/", "now-history"), ("/runs", "runs"), ("/charts", "charts")):
+                page.goto(f"http://127.0.0.1:18765{path}")
+                page.screenshot(path=str(out / f"console-{name}.png"), full_page=path == "/charts")
+            browser.close()
+        server.should_exit = True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--screenshots", type=Path, default=None, help="Only save screenshots into this directory.")
     args = ap.parse_args(argv)
+    if args.screenshots:
+        screenshots(args.screenshots)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         repo = _make_repo(Path(tmp))
         t0 = time.perf_counter()
