@@ -256,3 +256,61 @@ def test_ui_command_refuses_a_bad_port(repo):
 
     result = CliRunner().invoke(main, ["--repo", str(repo), "ui", "--port", "70000"])
     assert result.exit_code == 2 and "is not a TCP port" in result.output
+
+
+def test_a_repository_with_no_run_yet_shows_empty_pages(tmp_path):
+    repo = tmp_path / "fresh"
+    new_repo(repo)
+    (repo / ".beads-runner.toml").write_text('[tracker]\nkind = "jsonl"\n[agent]\nkind = "command"\ncommand = "true"\n')
+    (repo / ".beads").mkdir()
+    (repo / ".beads" / "issues.jsonl").write_text("")
+    c = TestClient(build_app(_svc(repo)), base_url=LOOPBACK)
+    assert c.get("/api/runs").json()["runs"] == []
+    assert "nothing running" in c.get("/").text
+    assert c.get("/api/metrics").json()["success_rate"] is None
+    assert not (repo / ".beads-runner" / "state.db").exists()  # reading made no engine state
+
+
+def test_the_agents_transcript_has_its_messages_tool_calls_and_step_finishes(tmp_path):
+    import json
+
+    from beads_runner.console.data import transcript
+
+    events = [
+        {"type": "text", "timestamp": 1, "part": {"text": "Writing the file."}},
+        {"type": "tool_use", "timestamp": 2, "part": {"tool": "write", "state": {"status": "completed",
+                                                                                  "title": "pkg/a.py"}}},
+        {"type": "step_finish", "timestamp": 3, "part": {"reason": "stop", "cost": 0.01,
+                                                          "tokens": {"input": 10, "output": 5}}},
+    ]
+    (tmp_path / "agent-1.ndjson").write_text("\n".join(json.dumps(e) for e in events) + "\nnot json\n")
+    [session] = transcript(tmp_path)
+    kinds = [e["kind"] for e in session["events"]]
+    assert kinds == ["text", "tool_use", "step_finish", "output"]
+    texts = [e["text"] for e in session["events"]]
+    assert texts[0] == "text: Writing the file."
+    assert texts[1].startswith("tool write pkg/a.py completed")
+    assert texts[2].startswith("step finished (stop):") and "in 10, out 5" in texts[2] and "$0.0100" in texts[2]
+
+
+def test_with_a_hatchet_like_engine_every_run_links_to_its_dashboard(repo):
+    from beads_runner.daemon import build_engine
+
+    class Linked:
+        """The embedded engine's answers, with a dashboard (as HatchetEngine has)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def dashboard_url(self, run_id):
+            return f"http://hatchet.local/runs/{run_id}"
+
+    svc = _svc(repo)
+    c = TestClient(build_app(svc, engine=Linked(build_engine(svc))), base_url=LOOPBACK)
+    run = c.get("/api/runs?issue=t-ok").json()["runs"][0]
+    assert run["dashboard_url"] == f"http://hatchet.local/runs/{run['run_id']}"
+    page = c.get(f"/runs/{run['run_id']}").text
+    assert f'href="http://hatchet.local/runs/{run["run_id"]}"' in page and "Hatchet's dashboard" in page
