@@ -109,22 +109,23 @@ async def api_run(request: Request):
 
 async def api_issue(request: Request):
     st = _state(request)
-    return _json(await _call(data.issue_detail, st.engine(), st.svc, request.path_params["issue_id"]))
+    issue_id = request.path_params["issue_id"]
+    return _json(await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
 
 
 async def api_now(request: Request):
     st = _state(request)
-    return _json(await _call(data.now_view, st.engine(), st.svc))
+    return _json(await _call(lambda: data.now_view(st.engine(), st.svc)))
 
 
 async def api_metrics(request: Request):
     st = _state(request)
-    return _json(await _call(st.metrics.get, st.engine(), st.svc))
+    return _json(await _call(lambda: st.metrics.get(st.engine(), st.svc)))
 
 
 async def prometheus_metrics(request: Request):
     st = _state(request)
-    found = await _call(st.metrics.get, st.engine(), st.svc)
+    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
     if isinstance(found, JSONResponse):
         return found
     return PlainTextResponse(prometheus(found), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -188,8 +189,7 @@ async def submit(request: Request):
     issue_id = body.get("issue_id")
     if not isinstance(issue_id, str) or not issue_id:
         return _error(400, "no issue_id given", 'send {"issue_id": "<id>"}')
-    engine = st.engine() if st.shared_engine else None
-    done = await _call(actions.submit_issue, st.svc, issue_id, engine=engine)
+    done = await _call(lambda: actions.submit_issue(st.svc, issue_id, engine=st.engine() if st.shared_engine else None))
     _acted(request)
     return _json(done)
 

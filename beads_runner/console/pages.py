@@ -45,7 +45,7 @@ def _failed(request: Request, found) -> HTMLResponse | None:
 
 async def now_page(request: Request):
     st = request.app.state.console
-    found = await _call(data.now_view, st.engine(), st.svc)
+    found = await _call(lambda: data.now_view(st.engine(), st.svc))
     return _failed(request, found) or _render(request, "now.html", d=found, page="now")
 
 
@@ -66,7 +66,7 @@ async def runs_page(request: Request):
 async def run_page(request: Request):
     st = request.app.state.console
     run_id = request.path_params["run_id"]
-    found = await _call(data.run_detail, st.engine(), st.svc, run_id)
+    found = await _call(lambda: data.run_detail(st.engine(), st.svc, run_id))
     if found is None:
         return _render(request, "error.html", status_code=404, error=f"no run {run_id!r}",
                        fix="the Runs page lists the runs there are")
@@ -75,13 +75,14 @@ async def run_page(request: Request):
 
 async def issue_page(request: Request):
     st = request.app.state.console
-    found = await _call(data.issue_detail, st.engine(), st.svc, request.path_params["issue_id"])
+    issue_id = request.path_params["issue_id"]
+    found = await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id))
     return _failed(request, found) or _render(request, "issue.html", d=found, page="issues")
 
 
 async def charts_page(request: Request):
     st = request.app.state.console
-    found = await _call(st.metrics.get, st.engine(), st.svc)
+    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
     if isinstance(found, JSONResponse):
         return _failed(request, found)
     days = found["days"]
