@@ -81,8 +81,9 @@ def check_bind(host: str, port: int) -> None:
 def make_server(app: Starlette, host: str, port: int):
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=1)
+    # Plain asyncio and h11, no websockets: nothing loaded that the console does not use.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=1, loop="asyncio", http="h11", ws="none")
     return uvicorn.Server(config)
 
 
