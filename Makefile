@@ -10,10 +10,12 @@ DEMO_DIR ?= $(CURDIR)/.demo
 
 setup: $(VENV)/.installed node_modules/.bin/opencode system-packages
 
-# bubblewrap confines the agent and its gates (sandbox = "auto"); Debian's package, installed when
-# missing (as root; otherwise the script prints the command to run).
+# bubblewrap confines the agent and its gates (sandbox = "auto"); chromium is the browser the
+# console's browser test drives (through Playwright, with executable_path=/usr/bin/chromium: no
+# browser download). Debian's packages, installed when missing (as root; otherwise the script prints
+# the command to run).
 system-packages:
-	@tools/ensure-debian-packages bubblewrap
+	@tools/ensure-debian-packages bubblewrap chromium
 
 # --- Go tools: the real bd and a real Hatchet engine ------------------------------------------------
 # Each is `go install`ed by name at the version pinned in tools/<name>/go.mod (with its go.sum), into

@@ -155,6 +155,21 @@ def cancel_issue(svc: Services, issue_id: str, *, by: str | None = None, wait: f
             "done": view is not None and view.status not in ACTIVE}
 
 
+def submit_issue(svc: Services, issue_id: str, *, engine=None) -> dict[str, Any]:
+    """Start a run of one issue now (`beads-runner submit`, the console's Submit): the issue must
+    exist; its check-deps step claims it. On Hatchet the run goes to the workers."""
+    from workflows.task_flow import TaskInput
+
+    require_safe_issue_id(issue_id)
+    _show(svc, issue_id)  # a missing issue is an error now, not a failed run later
+    if engine is None:
+        from workflows.engine import open_engine
+
+        engine = open_engine(svc)
+    run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
+    return {"issue_id": issue_id, "run_id": run_id, "created": created, "engine": svc.config.engine.kind}
+
+
 def resume(svc: Services, *, raise_budget: float | None = None) -> dict[str, Any]:
     """End every park now (a provider's quota, refused credentials); with `raise_budget`, today's
     daily budget becomes that many dollars."""

@@ -89,8 +89,12 @@ def doctor(ctx: click.Context) -> None:
 @click.option("--once", is_flag=True, help="Work until nothing is ready or running, then exit (1 if a run failed).")
 @click.option("--dry-run", is_flag=True, help="Show what would be claimed and the prompt; change nothing.")
 @click.option("--poll-interval", type=float, default=None, help="Seconds between polls (default: config).")
+@click.option("--ui", "with_ui", is_flag=True, help="Also serve the console (docs/console.md) from this process.")
+@click.option("--ui-host", default="127.0.0.1", show_default=True, help="Address the console binds (with --ui).")
+@click.option("--ui-port", default=8765, show_default=True, type=int, help="Port of the console (with --ui).")
 @click.pass_context
-def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | None) -> None:
+def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | None, with_ui: bool,
+          ui_host: str, ui_port: int) -> None:
     """Poll the tracker, claim ready issues and run them through the workflow."""
     svc = _services(ctx)
     if dry_run:
@@ -100,8 +104,21 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
 
     _require_writable_state(svc)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"])
-    sys.exit(start_runner(svc, once=once, poll_interval=poll_interval, preflight=_preflight,
-                          on_runner=_install_signal_handlers))
+
+    def on_runner(runner) -> None:
+        _install_signal_handlers(runner)
+        if with_ui:  # after the preflight, before the first claim: a taken port stops start here
+            _serve_console(svc, runner.engine, ui_host, ui_port)
+
+    sys.exit(start_runner(svc, once=once, poll_interval=poll_interval, preflight=_preflight, on_runner=on_runner))
+
+
+def _serve_console(svc: Services, engine, host: str, port: int) -> None:
+    """`start --ui`: the console in a thread of this process, reading this runner's engine."""
+    from beads_runner.console.app import start_in_thread, url_for
+
+    start_in_thread(svc, engine, host, port)
+    click.echo(f"console on {url_for(host, port)} (actions need the token in {svc.state_dir / 'ui.token'})", err=True)
 
 
 @main.command()
@@ -110,18 +127,18 @@ def start(ctx: click.Context, once: bool, dry_run: bool, poll_interval: float | 
 @click.pass_context
 def submit(ctx: click.Context, issue_id: str, wait: bool) -> None:
     """Run one issue now (it is claimed by its check-deps step)."""
+    from beads_runner.actions import submit_issue
     from beads_runner.ids import require_safe_issue_id
     from workflows.engine import SUCCEEDED, open_engine
-    from workflows.task_flow import TaskInput
 
     require_safe_issue_id(issue_id)
     svc = _services(ctx)
     configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=wait)
-    svc.tracker.show(issue_id)  # a missing issue is an error now, not a failed run later
     engine = open_engine(svc)
     if wait and engine.steps_run_here:
         svc.enter_sandbox()  # the steps run in this process: confined before the run is submitted
-    run_id, created = engine.submit(TaskInput(issue_id=issue_id, repo=str(svc.repo)))
+    done = submit_issue(svc, issue_id, engine=engine)  # the console's Submit takes this very path
+    run_id, created = done["run_id"], done["created"]
     url = engine.dashboard_url(run_id)
     click.echo(f"{'submitted' if created else 'already running'}: {issue_id} as {run_id}"
                + (f" ({url})" if url else ""))
@@ -298,6 +315,26 @@ def explain(ctx: click.Context, issue_id: str, as_json: bool) -> None:
 
     reason = explain_issue(_services(ctx), issue_id)
     click.echo(json.dumps(reason.as_dict(), indent=2, default=str) if as_json else render(reason))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback makes every request need the token.")
+@click.option("--port", default=8765, show_default=True, type=int, help="TCP port.")
+@click.option("--open", "open_browser", is_flag=True, help="Open it in a browser (with the token, for actions).")
+@click.pass_context
+def ui(ctx: click.Context, host: str, port: int, open_browser: bool) -> None:
+    """Serve the operator's console: runs, steps, logs, charts, submit/retry/cancel (docs/console.md).
+
+    It reads the engine's state, so it works while `start` runs (in another process) and after."""
+    from beads_runner.console.app import serve
+
+    svc = _services(ctx)
+    configure_logging(svc.state_dir / "logs", verbose=ctx.obj["verbose"], console=False)
+    try:
+        serve(svc, host, port, open_browser=open_browser, echo=click.echo)
+    except KeyboardInterrupt:
+        return
 
 
 # --- a person's hand ------------------------------------------------------------------------------

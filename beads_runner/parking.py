@@ -26,30 +26,10 @@ from typing import Any
 from beads_runner import costs
 from beads_runner.config import STATE_DB, Config
 from beads_runner.limits import AUTH, QUOTA
+from workflows.local.store import Store
 
 BUDGET = "budget"
 BUDGET_SCOPE = "budget"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parks (
-    scope TEXT PRIMARY KEY,          -- provider:<name>
-    kind TEXT NOT NULL,              -- quota | auth
-    reason TEXT NOT NULL,
-    since REAL NOT NULL,
-    until REAL,                      -- NULL: until `beads-runner resume`
-    issue_id TEXT,
-    run_id TEXT,
-    strikes INTEGER NOT NULL DEFAULT 1,  -- parks in a row without a session getting through
-    active INTEGER NOT NULL DEFAULT 1,   -- 0: over (resumed, or the time passed and it was announced)
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS budget_raises (
-    day TEXT PRIMARY KEY,            -- UTC day
-    usd REAL NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
 
 @dataclass
 class Park:
@@ -94,22 +74,16 @@ class Parking:
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
         self.db_path = self.state_dir / STATE_DB
-        self._local = threading.local()
+        self._store: Store | None = None
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        # The engine's state owner opens the file and keeps its schema (the parks tables are one of
+        # its migrations). Where the engine runs here it has opened the file first, so this never
+        # writes the schema inside the engine's own write transaction (admission).
+        if self._store is None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            # Create the tables only when missing: this may be asked inside the engine's own write
-            # transaction (admission), where a schema write from this connection would wait on it.
-            have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not {"parks", "budget_raises"} <= have:
-                conn.executescript(SCHEMA)
-            self._local.conn = conn
-        return conn
+            self._store = Store(self.db_path)
+        return self._store.connection()
 
     @staticmethod
     def _park(row: sqlite3.Row) -> Park:

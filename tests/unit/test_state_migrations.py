@@ -136,3 +136,30 @@ def test_step_outputs_written_with_skipped_by_earlier_releases_read_as_no_work()
     assert "skipped" not in ProcessOutput(no_work=True).model_dump()
     assert did_no_work({"skipped": True, "reason": "not ours"}) and did_no_work(CommitOutput(no_work=True).model_dump())
     assert not did_no_work({"sha": "abc"}) and not did_no_work(None)
+
+
+def test_the_parking_tables_are_a_migration_and_a_park_written_before_versions_survives(tmp_path):
+    """The parks tables once were created by parking.py on first use, outside the schema version. A
+    file that has them (with a park in force) migrates without losing it; a fresh file gets them from
+    the migrations, and parking reads and writes them through the state owner."""
+    from beads_runner.parking import Parking
+
+    old = tmp_path / "old" / "state.db"
+    old.parent.mkdir()
+    first_release_db(old, extra_columns="""
+        CREATE TABLE parks (scope TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, since REAL NOT NULL,
+            until REAL, issue_id TEXT, run_id TEXT, strikes INTEGER NOT NULL DEFAULT 1,
+            active INTEGER NOT NULL DEFAULT 1, ended_at REAL);
+        CREATE TABLE budget_raises (day TEXT PRIMARY KEY, usd REAL NOT NULL, at REAL NOT NULL);
+        INSERT INTO parks(scope, kind, reason, since, until) VALUES ('provider:x', 'auth', 'key refused', 50, NULL);
+        """)
+    assert LocalEngine(old, flow()).schema_version() == SCHEMA_VERSION
+    kept = Parking(old.parent).blocking("provider:x", now=1e12)
+    assert kept is not None and kept.reason == "key refused" and kept.until is None
+
+    fresh = tmp_path / "fresh"
+    parking = Parking(fresh)  # before any engine: the owner creates the file and its whole schema
+    parking.park("provider:y", "quota", "429 from the provider", reset_at=None, backoff=60, backoff_max=600, now=1000.0)
+    assert Store(fresh / "state.db", read_only=True).schema_version() == SCHEMA_VERSION
+    assert {"scope", "strikes", "ended_at"} <= columns(fresh / "state.db", "parks")
+    assert parking.blocking("provider:y", now=1001.0).reason == "429 from the provider"

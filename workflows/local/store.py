@@ -102,6 +102,29 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, id);
 """
 
 
+# The tables of beads_runner/parking.py (created before schema versions by parking itself, hence
+# IF NOT EXISTS: an older file may have them already).
+PARKING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS parks (
+    scope TEXT PRIMARY KEY,          -- provider:<name>
+    kind TEXT NOT NULL,              -- quota | auth
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    until REAL,                      -- NULL: until `beads-runner resume`
+    issue_id TEXT,
+    run_id TEXT,
+    strikes INTEGER NOT NULL DEFAULT 1,  -- parks in a row without a session getting through
+    active INTEGER NOT NULL DEFAULT 1,   -- 0: over (resumed, or the time passed and it was announced)
+    ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS budget_raises (
+    day TEXT PRIMARY KEY,            -- UTC day
+    usd REAL NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
 def _create_first_tables(db: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
@@ -127,6 +150,13 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
      _run_columns(cancel_requested="TEXT")),
     ("runs.handler_failures and handler_error: a failure handler that gave up records the handover here",
      _run_columns(handler_failures="INTEGER NOT NULL DEFAULT 0", handler_error="TEXT")),
+    ("runs indexed by (workflow, created_at) and (workflow, key, created_at): the runs list and an issue's "
+     "runs stay fast with 10,000 runs (the console, status)",
+     lambda db: (db.execute("CREATE INDEX IF NOT EXISTS runs_by_created ON runs(workflow, created_at)"),
+                 db.execute("CREATE INDEX IF NOT EXISTS runs_by_key ON runs(workflow, key, created_at)"))),
+    ("parks and budget_raises: a provider's quota or refused credentials park sessions; a person raises "
+     "the day's budget (beads_runner/parking.py reads and writes them)",
+     lambda db: [db.execute(statement) for statement in PARKING_SCHEMA.split(";") if statement.strip()]),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -165,6 +195,12 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             self._local.conn = None
             raise StateUnusable(self.db_path, exc) from None
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for the modules whose tables the migrations above create and whose
+        queries are their own (beads_runner/parking.py): the file, its schema and its connections
+        stay this class's."""
+        return self._conn()
 
     def schema_version(self) -> int:
         return self._conn().execute("PRAGMA user_version").fetchone()[0]

@@ -1,0 +1,207 @@
+"""The JSON API: runs, a run, an issue, the Now view, metrics; and the actions, which are the
+command line's own functions (`beads_runner.actions`), so a click in the browser does exactly what
+`beads-runner submit/retry/cancel` does.
+
+Every answer is JSON; an error is `{"error": ..., "fix": ...}` with 400 (bad input), 404 (unknown),
+409 (refused: the action cannot be carried out now) or 503 (the engine did not answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from beads_runner import actions
+from beads_runner.console import data
+from beads_runner.console.metrics import prometheus
+from beads_runner.errors import RunnerError, UnsafeIdError
+
+
+def _error(status: int, error: str, fix: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "fix": fix}, status_code=status)
+
+
+def _state(request: Request):
+    return request.app.state.console
+
+
+async def in_thread(fn, *args, **kwargs):
+    """Blocking engine/tracker code, off the event loop, on one worker thread at a time: each thread
+    that reads the engine holds its own SQLite connection (and page cache), and the console must stay
+    small inside the daemon. Reads take milliseconds; a slow action holds the others back, no more."""
+    limiter = getattr(in_thread, "limiter", None)
+    if limiter is None:
+        limiter = in_thread.limiter = anyio.CapacityLimiter(1)
+    return await anyio.to_thread.run_sync(functools.partial(_trimmed, fn, *args, **kwargs), limiter=limiter)
+
+
+def _trimmed(fn, *args, **kwargs):
+    """`fn`, then the heap it freed handed back to the system (glibc's malloc_trim): the runs a
+    request read are garbage once it answers, and the daemon's RSS should not keep their peak."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _TRIM is not None:
+            _TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+async def _call(fn, *args, **kwargs):
+    """Run blocking engine/tracker code off the event loop; map the runner's errors to answers."""
+    try:
+        return await in_thread(fn, *args, **kwargs)
+    except UnsafeIdError as exc:
+        return _error(400, exc.message, exc.fix)
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc))
+    except LookupError as exc:
+        return _error(404, str(exc))
+    except RunnerError as exc:
+        unavailable = type(exc).__name__ in ("HatchetUnavailable", "StateUnusable")
+        return _error(503 if unavailable else 409, exc.message, exc.fix)
+
+
+def _json(value: Any) -> JSONResponse | Any:
+    return value if isinstance(value, JSONResponse) else JSONResponse(value)
+
+
+async def api_runs(request: Request):
+    st = _state(request)
+    q = request.query_params
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        return _error(400, f"limit {q.get('limit')!r} is not a number", f"give 1 to {data.MAX_LIMIT}")
+    return _json(await _call(lambda: data.list_runs(st.engine(), st.svc, group=q.get("group", "all"),
+                                                    issue=q.get("issue") or None, limit=limit)))
+
+
+async def api_run(request: Request):
+    st = _state(request)
+    run_id = request.path_params["run_id"]
+    try:
+        after = int(request.query_params.get("after_event", "0"))
+    except ValueError:
+        return _error(400, "after_event must be a number")
+    found = await _call(lambda: data.run_detail(st.engine(), st.svc, run_id, after_event=after))
+    if found is None:
+        return _error(404, f"no run {run_id!r}", "the runs list (GET /api/runs) names the runs there are")
+    return _json(found)
+
+
+async def api_issue(request: Request):
+    st = _state(request)
+    issue_id = request.path_params["issue_id"]
+    return _json(await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
+
+
+async def api_now(request: Request):
+    st = _state(request)
+    return _json(await _call(lambda: data.now_view(st.engine(), st.svc)))
+
+
+async def api_metrics(request: Request):
+    st = _state(request)
+    return _json(await _call(lambda: st.metrics.get(st.engine(), st.svc)))
+
+
+async def prometheus_metrics(request: Request):
+    st = _state(request)
+    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
+    if isinstance(found, JSONResponse):
+        return found
+    return PlainTextResponse(prometheus(found), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ValueError("the body is not JSON: send {} or {\"issue_id\": ...}") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def _who(request: Request, body: dict[str, Any]) -> str:
+    by = body.get("by")
+    return str(by)[:80] if isinstance(by, str) and by.strip() else f"{actions.person()} (console)"
+
+
+def _acted(request: Request) -> None:
+    st = _state(request)
+    st.metrics.invalidate()
+    st.changed()
+
+
+async def retry(request: Request):
+    st = _state(request)
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    done = await _call(actions.retry_issue, st.svc, request.path_params["issue_id"],
+                       fresh=bool(body.get("fresh")), by=_who(request, body))
+    _acted(request)
+    return _json(done)
+
+
+async def cancel(request: Request):
+    st = _state(request)
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    # The runner running the run stops it; the answer does not wait for that (the page shows it).
+    done = await _call(actions.cancel_issue, st.svc, request.path_params["issue_id"], by=_who(request, body),
+                       wait=0.0)
+    _acted(request)
+    return _json(done)
+
+
+async def submit(request: Request):
+    st = _state(request)
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    issue_id = body.get("issue_id")
+    if not isinstance(issue_id, str) or not issue_id:
+        return _error(400, "no issue_id given", 'send {"issue_id": "<id>"}')
+    done = await _call(lambda: actions.submit_issue(st.svc, issue_id, engine=st.engine() if st.shared_engine else None))
+    _acted(request)
+    return _json(done)
+
+
+ROUTES = [
+    Route("/api/runs", api_runs),
+    Route("/api/runs/{run_id}", api_run),
+    Route("/api/issues/{issue_id}", api_issue),
+    Route("/api/now", api_now),
+    Route("/api/metrics", api_metrics),
+    Route("/metrics", prometheus_metrics),
+    Route("/api/issues/{issue_id}/retry", retry, methods=["POST"]),
+    Route("/api/issues/{issue_id}/cancel", cancel, methods=["POST"]),
+    Route("/api/submit", submit, methods=["POST"]),
+]

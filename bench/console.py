@@ -1,0 +1,233 @@
+"""The console under a long history: `python -m bench.console [--runs 10000] [--requests 50]`.
+
+Real components: the console's Starlette application, the embedded engine's SQLite (its schema and
+queries, LocalEngine), the page templates, `status`'s run data. Stand-in: the history itself,
+written straight into the engine's tables by `seed_history` (landed, handed-over and running runs
+with their steps, tries and events, spread over 14 days), since running 10,000 real sessions would
+take hours. Requests go through Starlette's TestClient (in process, no network).
+
+Measured: p50/p95 of `GET /api/runs` (default page: the newest 50), `GET /runs` (the runs page) and
+`GET /` (Now); and the RSS the console adds to a daemon-like process: a process holding a
+LocalEngine on the history, then importing the console and serving it with uvicorn on a loopback
+port in a thread (as `start --ui` does), after answering each kind of request three times (API
+runs at 50 and at 100 a page, the runs page, Now, Charts, /metrics, a run's page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from workflows.task_flow import SESSION_KEY, TASK_FLOW
+
+STEPS = [s.name for s in TASK_FLOW.steps]
+
+
+def seed_history(db_path: Path, n: int, *, running: int = 2, failed_every: int = 7, now: float | None = None,
+                 seed: int = 1, issue_prefix: str = "bench") -> list[str]:
+    """Write `n` runs into the embedded engine's database at `db_path` (created with its schema).
+    Every `failed_every`-th run is handed over (failed at process); the newest `running` runs are in
+    flight (process running); the rest landed. Returns the run ids, oldest first."""
+    from workflows.local import LocalEngine
+
+    engine = LocalEngine(db_path, TASK_FLOW)
+    now = time.time() if now is None else now
+    rnd = random.Random(seed)
+    ids = []
+    db = engine._conn()
+    db.execute("BEGIN IMMEDIATE")
+    for i in range(n):
+        created = now - (n - i) * (14 * 86400 / max(n, 1))
+        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{i:06x}"
+        key = f"{issue_prefix}-{i}"
+        active = i >= n - running
+        failed = not active and i % failed_every == 0
+        status = "running" if active else "failed" if failed else "succeeded"
+        t = created
+        step_rows = []
+        for pos, name in enumerate(STEPS):
+            dur = {"check-deps": 0.1, "process": rnd.uniform(20, 200), "verify": rnd.uniform(2, 10),
+                   "commit": 0.5}[name]
+            if active and name == "process":
+                step_rows.append((name, pos, "running", 1, t, None, None, None))
+                break
+            if failed and name == "process":
+                step_rows.append((name, pos, "failed", 3, t, t + dur, None, "quality gates still fail"))
+                t += dur
+                break
+            out = {"proceed": True, "issue": {"id": key, "title": f"Bench issue {i}"}} if name == "check-deps" else \
+                {"sha": f"{i:040x}", "target": "main", "close_reason": f"Landed {i:08x} on main"} \
+                if name == "commit" else {}
+            step_rows.append((name, pos, "succeeded", 1, t, t + dur, json.dumps(out), None))
+            t += dur
+        finished = None if active else t
+        outcome = json.dumps({"sha": f"{i:040x}", "target": "main", "close_reason": f"Landed {i:08x} on main"}) \
+            if status == "succeeded" else None
+        db.execute("INSERT INTO runs(id, workflow, key, input, status, outcome, failed_step, error, created_at, "
+                   "updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (run_id, TASK_FLOW.name, key, json.dumps({"issue_id": key, "repo": "/bench"}), status, outcome,
+                    "process" if failed else None, "quality gates still fail" if failed else None, created,
+                    finished or created, finished))
+        for pos, name in enumerate(STEPS):
+            row = next((r for r in step_rows if r[0] == name), None)
+            status_s, attempt, started, ended, output, error = (row[2], row[3], row[4], row[5], row[6], row[7]) \
+                if row else ("pending", 0, None, None, None, None)
+            db.execute("INSERT INTO steps(run_id, name, position, status, attempt, max_attempts, concurrency_key, "
+                       "timeout, output, error, started_at, finished_at, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (run_id, name, pos, status_s, attempt, 3, SESSION_KEY if name == "process" else None,
+                        3600, output, error, started, ended, engine.owner if status_s == "running" else None))
+            if row:
+                db.execute("INSERT INTO attempts(run_id, step, attempt, owner, started_at, finished_at, status, error, "
+                           "notes) VALUES (?,?,?,?,?,?,?,?,?)",
+                           (run_id, name, attempt, engine.owner, started, ended, status_s, error,
+                            json.dumps({"tokens": 1200, "cost": 0.012} if name == "process" else {})))
+                db.execute("INSERT INTO events(run_id, step, ts, event, data) VALUES (?,?,?,?,?)",
+                           (run_id, name, started, "step started", json.dumps({"attempt": attempt})))
+        ids.append(run_id)
+    db.execute("COMMIT")
+    return ids
+
+
+def _make_repo(root: Path) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / ".beads-runner.toml").write_text(textwrap.dedent("""\
+        [tracker]
+        kind = "jsonl"
+        [agent]
+        kind = "command"
+        command = "true"
+        """))
+    return repo
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+
+def measure_latency(repo: Path, requests: int) -> dict[str, tuple[float, float]]:
+    from starlette.testclient import TestClient
+
+    from beads_runner.config import load_config
+    from beads_runner.console.app import build_app
+    from beads_runner.services import Services
+
+    svc = Services(repo, load_config(repo))
+    client = TestClient(build_app(svc), base_url="http://127.0.0.1:8765")
+    out = {}
+    for path in ("/api/runs", "/runs", "/"):
+        client.get(path).raise_for_status()  # warm: the engine's connection, the templates
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            client.get(path).raise_for_status()
+            times.append(time.perf_counter() - t0)
+        out[path] = _percentiles(times)
+    return out
+
+
+_RSS_CHILD = """
+import sys, time, threading, urllib.request
+from pathlib import Path
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+from beads_runner.config import load_config
+from beads_runner.services import Services
+from beads_runner.daemon import build_engine
+repo = Path(sys.argv[1]); port = int(sys.argv[2])
+svc = Services(repo, load_config(repo))
+engine = build_engine(svc)
+engine.runs(limit=50); engine.sessions_in_use('agent-session')
+before = rss()
+from beads_runner.console.app import start_in_thread
+server = start_in_thread(svc, engine, '127.0.0.1', port)
+while not server.started:
+    time.sleep(0.05)
+run_id = engine.runs(limit=1)[0].id
+for path in ['/api/runs', '/runs', '/', '/charts', '/metrics', '/api/runs?limit=100', f'/runs/{run_id}'] * 3:
+    urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=60).read()
+after = rss()
+print(before, after)
+"""
+
+
+def measure_rss(repo: Path) -> tuple[int, int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(repo), str(port)], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    before, after = (int(x) for x in proc.stdout.split())
+    return before, after
+
+
+def screenshots(out: Path, runs: int = 400) -> None:
+    """docs/console-{now,runs,charts}-history.png: the console over a stand-in history, in Debian's
+    chromium (Playwright with its executable path)."""
+    from playwright.sync_api import sync_playwright
+
+    from beads_runner.config import load_config
+    from beads_runner.console.app import start_in_thread
+    from beads_runner.daemon import build_engine
+    from beads_runner.services import Services
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = _make_repo(Path(tmp))
+        seed_history(repo / ".beads-runner" / "state.db", runs, running=3, issue_prefix="demo")
+        svc = Services(repo, load_config(repo))
+        server = start_in_thread(svc, build_engine(svc), "127.0.0.1", 18765)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for path, name in (("/", "now-history"), ("/runs", "runs"), ("/charts", "charts")):
+                page.goto(f"http://127.0.0.1:18765{path}")
+                page.screenshot(path=str(out / f"console-{name}.png"), full_page=path == "/charts")
+            browser.close()
+        server.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--screenshots", type=Path, default=None, help="Only save screenshots into this directory.")
+    args = ap.parse_args(argv)
+    if args.screenshots:
+        screenshots(args.screenshots)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = _make_repo(Path(tmp))
+        t0 = time.perf_counter()
+        seed_history(repo / ".beads-runner" / "state.db", args.runs)
+        seeded = time.perf_counter() - t0
+        lat = measure_latency(repo, args.requests)
+        before, after = measure_rss(repo)
+    print(f"history: {args.runs} runs (stand-in, seeded in {seeded:.1f} s); {args.requests} requests each, "
+          f"TestClient in process; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print("| request | p50 | p95 | target |")
+    print("|---|---|---|---|")
+    for path, (p50, p95) in lat.items():
+        target = "≤ 200 ms p50" if path in ("/api/runs", "/runs") else "-"
+        print(f"| GET {path} | {p50 * 1000:.1f} ms | {p95 * 1000:.1f} ms | {target} |")
+    print(f"| console RSS added to a daemon-like process | {(after - before) / 1024:.1f} MB "
+          f"({before / 1024:.1f} → {after / 1024:.1f} MB) | | ≤ 5 MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
