@@ -22,6 +22,7 @@ from beads_runner.preflight import preflight as _preflight
 from beads_runner.preflight import print_outcome as _print_outcome
 from beads_runner.preflight import require_writable_state as _require_writable_state
 from beads_runner.safe_text import printable
+from beads_runner.services import Services
 
 
 class _Group(click.Group):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from beads_runner import safe_text
 from beads_runner.errors import RunnerError
+from beads_runner.gitcmd import GitNotRun, GitStopped, run_git
 from beads_runner.ids import is_safe_issue_id
 from beads_runner.services import Services
 from beads_runner.run_logs import describe_agent_event
@@ -171,14 +171,16 @@ def diff(svc: Services, run) -> dict[str, Any]:
         args, what = ["diff", "--stat", "--patch", f"{ws.target}...{branch}", "--"], f"{ws.target}...{branch}"
     else:
         return {"what": None, "text": ""}
-    proc = subprocess.run(["git", *args], cwd=svc.repo, capture_output=True, text=True, errors="replace",
-                          stdin=subprocess.DEVNULL, check=False, timeout=30)
-    if proc.returncode != 0:
+    try:
+        result = run_git(args, cwd=svc.repo, timeout=30)
+    except (GitNotRun, GitStopped):
         return {"what": what, "text": ""}
-    text = proc.stdout
+    if not result.ok:
+        return {"what": what, "text": ""}
+    text = full = result.stdout.decode("utf-8", "replace")
     limit = TAIL_BYTES * 8
     if len(text) > limit:
-        text = text[:limit] + f"\n… ({len(proc.stdout) - limit} more characters: git {' '.join(args[:1])} " \
+        text = text[:limit] + f"\n… ({len(full) - limit} more characters: git {' '.join(args[:1])} " \
                               f"{what})"
     return {"what": what, "text": safe_text.printable(text, keep_newlines=True)}
 
