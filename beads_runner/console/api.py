@@ -131,6 +131,14 @@ async def prometheus_metrics(request: Request):
     return PlainTextResponse(prometheus(found), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class _BadRequest(Exception):
+    """What an action endpoint answers with 400: the problem, and how to send it right."""
+
+    def __init__(self, error: str, fix: str | None = None):
+        super().__init__(error)
+        self.error, self.fix = error, fix
+
+
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -138,10 +146,26 @@ async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
-        raise ValueError("the body is not JSON: send {} or {\"issue_id\": ...}") from None
+        raise _BadRequest("the body is not JSON: send {} or {\"issue_id\": ...}") from None
     if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
+        raise _BadRequest("the body must be a JSON object")
     return body
+
+
+def _action(act):
+    """A POST that acts: its JSON body read (400 if it is not an object), `act(request, state, body)`
+    run, then the console told that something changed."""
+
+    async def endpoint(request: Request):
+        try:
+            done = await act(request, _state(request), await _body(request))
+        except _BadRequest as exc:
+            return _error(400, exc.error, exc.fix)
+        _acted(request)
+        return _json(done)
+
+    endpoint.__name__ = act.__name__
+    return endpoint
 
 
 def _who(request: Request, body: dict[str, Any]) -> str:
@@ -155,43 +179,26 @@ def _acted(request: Request) -> None:
     st.changed()
 
 
-async def retry(request: Request):
-    st = _state(request)
-    try:
-        body = await _body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    done = await _call(actions.retry_issue, st.svc, request.path_params["issue_id"],
+@_action
+async def retry(request: Request, st, body: dict[str, Any]):
+    return await _call(actions.retry_issue, st.svc, request.path_params["issue_id"],
                        fresh=bool(body.get("fresh")), by=_who(request, body))
-    _acted(request)
-    return _json(done)
 
 
-async def cancel(request: Request):
-    st = _state(request)
-    try:
-        body = await _body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
+@_action
+async def cancel(request: Request, st, body: dict[str, Any]):
     # The runner running the run stops it; the answer does not wait for that (the page shows it).
-    done = await _call(actions.cancel_issue, st.svc, request.path_params["issue_id"], by=_who(request, body),
+    return await _call(actions.cancel_issue, st.svc, request.path_params["issue_id"], by=_who(request, body),
                        wait=0.0)
-    _acted(request)
-    return _json(done)
 
 
-async def submit(request: Request):
-    st = _state(request)
-    try:
-        body = await _body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
+@_action
+async def submit(request: Request, st, body: dict[str, Any]):
     issue_id = body.get("issue_id")
     if not isinstance(issue_id, str) or not issue_id:
-        return _error(400, "no issue_id given", 'send {"issue_id": "<id>"}')
-    done = await _call(lambda: actions.submit_issue(st.svc, issue_id, engine=st.engine() if st.shared_engine else None))
-    _acted(request)
-    return _json(done)
+        raise _BadRequest("no issue_id given", 'send {"issue_id": "<id>"}')
+    return await _call(lambda: actions.submit_issue(st.svc, issue_id,
+                                                    engine=st.engine() if st.shared_engine else None))
 
 
 ROUTES = [
