@@ -10,12 +10,10 @@ DEMO_DIR ?= $(CURDIR)/.demo
 
 setup: $(VENV)/.installed node_modules/.bin/opencode system-packages
 
-# bubblewrap confines the agent and its gates (sandbox = "auto"); chromium is the browser the
-# console's browser test drives (through Playwright, with executable_path=/usr/bin/chromium: no
-# browser download). Debian's packages, installed when missing (as root; otherwise the script prints
-# the command to run).
+# bubblewrap confines the agent and its gates (sandbox = "auto"). Debian's package, installed when
+# missing (as root; otherwise the script prints the command to run).
 system-packages:
-	@tools/ensure-debian-packages bubblewrap chromium
+	@tools/ensure-debian-packages bubblewrap
 
 # --- Go tools: the real bd and a real Hatchet engine ------------------------------------------------
 # Each is `go install`ed by name at the version pinned in tools/<name>/go.mod (with its go.sum), into
@@ -66,7 +64,10 @@ demo: setup
 
 # With Go on PATH, the real bd and Hatchet engine are built first and their tests run; without Go
 # those tests skip with one line saying how to get them (in CI, CI=true, they fail instead).
+# chromium is the browser the console's browser test drives (Playwright, executable_path=
+# /usr/bin/chromium: no browser download); only the tests need it, not the demo.
 test: setup
+	@tools/ensure-debian-packages chromium
 	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory tools; \
 	else echo "go not found: the real bd and Hatchet engine tests will skip (install Go >= 1.26, then make tools)"; fi
 	$(PY) -m pytest -q
