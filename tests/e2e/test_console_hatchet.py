@@ -105,7 +105,7 @@ def test_submit_from_the_console_runs_on_hatchet_and_the_run_links_to_its_dashbo
         page = client.get(f"/runs/{run_id}").text
         assert f'href="{server_url}/runs/{run_id}"' in page
         assert 'data-step="commit" data-status="succeeded"' in page
-        assert 'data-hatchet="yes"' in page
+        assert 'data-engine="hatchet"' in page
         listed = client.get("/api/runs?issue=h-1").json()["runs"]
         assert [r["run_id"] for r in listed] == [run_id]
         assert client.get("/api/issues/h-1").json()["explain"]["code"] == "landed"
