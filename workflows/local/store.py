@@ -204,6 +204,14 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def limit_cache_here(self, kib: int) -> None:
+        """Keep at most `kib` KiB of database pages cached on this thread's connection (SQLite's
+        default is 2 MiB a connection). For a reader that must stay small inside the daemon: the
+        console's worker thread, whose reads are a page of runs by index."""
+        if int(kib) < 1:
+            raise ValueError(f"cache of {kib} KiB: give 1 KiB or more")
+        self._conn().execute(f"PRAGMA cache_size = -{int(kib)}")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front, so check-then-act is atomic across processes."""
