@@ -90,8 +90,13 @@ async def api_runs(request: Request):
         limit = int(q.get("limit", "50"))
     except ValueError:
         return _error(400, f"limit {q.get('limit')!r} is not a number", f"give 1 to {data.MAX_LIMIT}")
+    try:
+        before = float(q["before"]) if q.get("before") else None
+    except ValueError:
+        return _error(400, f"before {q.get('before')!r} is not a time",
+                      "give the `older` of the page before (a run's created_at, seconds since 1970)")
     return _json(await _call(lambda: data.list_runs(st.engine(), st.svc, group=q.get("group", "all"),
-                                                    issue=q.get("issue") or None, limit=limit)))
+                                                    issue=q.get("issue") or None, limit=limit, before=before)))
 
 
 async def api_run(request: Request):

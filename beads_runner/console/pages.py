@@ -57,8 +57,13 @@ async def runs_page(request: Request):
         limit = int(q.get("limit", "50"))
     except ValueError:
         limit = 50
+    try:
+        before = float(q["before"]) if q.get("before") else None
+    except ValueError:
+        return _render(request, "error.html", status_code=400, error=f"before {q.get('before')!r} is not a time",
+                       fix="follow the page's “older” link (it gives a run's created_at)")
     found = await _call(lambda: data.list_runs(st.engine(), st.svc, group=group, issue=q.get("issue") or None,
-                                               limit=limit))
+                                               limit=limit, before=before))
     return _failed(request, found) or _render(request, "runs.html", d=found, groups=list(data.GROUPS),
                                               page="runs", issue=q.get("issue") or "")
 

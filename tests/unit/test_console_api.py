@@ -4,6 +4,8 @@ TestClient, in process) then reads and acts on that repository's state."""
 
 from __future__ import annotations
 
+import html
+import re
 import stat
 import sys
 import textwrap
@@ -93,8 +95,28 @@ def test_runs_list_names_both_runs_newest_first_with_their_phase(client):
     assert [r["issue_id"] for r in client.get("/api/runs?issue=t-ok").json()["runs"]] == ["t-ok"]
 
 
+def test_older_runs_are_paged_with_the_before_cursor_in_the_api_and_on_the_page(client):
+    newest = client.get("/api/runs").json()["runs"]
+    first = client.get("/api/runs?limit=1").json()
+    assert [r["run_id"] for r in first["runs"]] == [newest[0]["run_id"]]
+    assert first["older"] == newest[0]["created_at"]
+    second = client.get("/api/runs", params={"limit": 1, "before": repr(first["older"])}).json()
+    assert [r["run_id"] for r in second["runs"]] == [newest[1]["run_id"]]
+    assert second["older"] is None  # the last page
+    assert client.get("/api/runs", params={"before": repr(newest[-1]["created_at"])}).json()["runs"] == []
+
+    page = client.get("/runs?limit=1").text
+    link = re.search(r'<a rel="next" class="older" href="([^"]+)"', page)
+    assert link and newest[0]["run"] in page and newest[1]["run"] not in page
+    older = client.get(html.unescape(link.group(1))).text
+    assert newest[1]["run"] in older and newest[0]["run"] not in older and 'rel="next"' not in older
+
+
 def test_bad_list_parameters_are_refused_with_the_fix(client):
     assert client.get("/api/runs?limit=x").status_code == 400
+    answer = client.get("/api/runs?before=yesterday")
+    assert answer.status_code == 400 and "older" in answer.json()["fix"]
+    assert client.get("/runs?before=yesterday").status_code == 400
     answer = client.get("/api/runs?group=nonsense")
     assert answer.status_code == 400 and "unknown group" in answer.json()["error"]
     assert client.get("/api/runs?issue=../etc").status_code == 400
