@@ -2,9 +2,9 @@
 
 Real components: the console's Starlette application, the embedded engine's SQLite (its schema and
 queries, LocalEngine), the page templates, `status`'s run data. Stand-in: the history itself,
-written straight into the engine's tables by `seed_history` (landed, handed-over and running runs
-with their steps, tries and events, spread over 14 days), since running 10,000 real sessions would
-take hours. Requests go through Starlette's TestClient (in process, no network).
+imported by `seed_history` through the state's owner (`Store.import_history`: landed and handed-over
+runs with their steps, tries and events, spread over 14 days; the newest two submitted, in flight),
+since running 10,000 real sessions would take hours. Requests go through Starlette's TestClient (in process, no network).
 
 Measured: p50/p95 of `GET /api/runs` (default page: the newest 50), `GET /runs` (the runs page) and
 `GET /` (Now); and the RSS the console adds to a daemon-like process: a process holding a
@@ -34,66 +34,56 @@ STEPS = [s.name for s in TASK_FLOW.steps]
 
 def seed_history(db_path: Path, n: int, *, running: int = 2, failed_every: int = 7, now: float | None = None,
                  seed: int = 1, issue_prefix: str = "bench") -> list[str]:
-    """Write `n` runs into the embedded engine's database at `db_path` (created with its schema).
-    Every `failed_every`-th run is handed over (failed at process); the newest `running` runs are in
-    flight (process running); the rest landed. Returns the run ids, oldest first."""
+    """`n` runs in the embedded engine's database at `db_path` (created with its schema): every
+    `failed_every`-th run handed over (failed at process), the rest landed, spread over 14 days, each
+    with its steps, tries and events, imported through the state's owner (`Store.import_history`);
+    then the newest `running` submitted to the engine (in flight, queued). Returns the run ids,
+    oldest first."""
     from workflows.local import LocalEngine
+    from workflows.task_flow import TaskInput
 
     engine = LocalEngine(db_path, TASK_FLOW)
     now = time.time() if now is None else now
     rnd = random.Random(seed)
-    ids = []
-    db = engine._conn()
-    db.execute("BEGIN IMMEDIATE")
-    for i in range(n):
-        created = now - (n - i) * (14 * 86400 / max(n, 1))
-        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{i:06x}"
-        key = f"{issue_prefix}-{i}"
-        active = i >= n - running
-        failed = not active and i % failed_every == 0
-        status = "running" if active else "failed" if failed else "succeeded"
-        t = created
-        step_rows = []
-        for pos, name in enumerate(STEPS):
-            dur = {"check-deps": 0.1, "process": rnd.uniform(20, 200), "verify": rnd.uniform(2, 10),
-                   "commit": 0.5}[name]
-            if active and name == "process":
-                step_rows.append((name, pos, "running", 1, t, None, None, None))
-                break
-            if failed and name == "process":
-                step_rows.append((name, pos, "failed", 3, t, t + dur, None, "quality gates still fail"))
+    finished = n - running
+
+    def history():
+        for i in range(finished):
+            created = now - (n - i) * (14 * 86400 / max(n, 1))
+            key = f"{issue_prefix}-{i}"
+            failed = i % failed_every == 0
+            landed = {"sha": f"{i:040x}", "target": "main", "close_reason": f"Landed {i:08x} on main"}
+            t, steps = created, []
+            for name in STEPS:
+                dur = {"check-deps": 0.1, "process": rnd.uniform(20, 200), "verify": rnd.uniform(2, 10),
+                       "commit": 0.5}[name]
+                step = {"name": name, "max_attempts": 3, "timeout": 3600,
+                        "concurrency_key": SESSION_KEY if name == "process" else None}
+                if any(done["status"] == "failed" for done in steps):
+                    steps.append({**step, "status": "pending", "attempt": 0})
+                    continue
+                failing = failed and name == "process"
+                step.update(status="failed" if failing else "succeeded", attempt=3 if failing else 1,
+                            started_at=t, finished_at=t + dur,
+                            error="quality gates still fail" if failing else None,
+                            notes={"tokens": 1200, "cost": 0.012} if name == "process" else {},
+                            output=None if failing else {"proceed": True, "issue": {"id": key, "title": f"Bench issue {i}"}}
+                            if name == "check-deps" else landed if name == "commit" else {})
+                steps.append(step)
                 t += dur
-                break
-            out = {"proceed": True, "issue": {"id": key, "title": f"Bench issue {i}"}} if name == "check-deps" else \
-                {"sha": f"{i:040x}", "target": "main", "close_reason": f"Landed {i:08x} on main"} \
-                if name == "commit" else {}
-            step_rows.append((name, pos, "succeeded", 1, t, t + dur, json.dumps(out), None))
-            t += dur
-        finished = None if active else t
-        outcome = json.dumps({"sha": f"{i:040x}", "target": "main", "close_reason": f"Landed {i:08x} on main"}) \
-            if status == "succeeded" else None
-        db.execute("INSERT INTO runs(id, workflow, key, input, status, outcome, failed_step, error, created_at, "
-                   "updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                   (run_id, TASK_FLOW.name, key, json.dumps({"issue_id": key, "repo": "/bench"}), status, outcome,
-                    "process" if failed else None, "quality gates still fail" if failed else None, created,
-                    finished or created, finished))
-        for pos, name in enumerate(STEPS):
-            row = next((r for r in step_rows if r[0] == name), None)
-            status_s, attempt, started, ended, output, error = (row[2], row[3], row[4], row[5], row[6], row[7]) \
-                if row else ("pending", 0, None, None, None, None)
-            db.execute("INSERT INTO steps(run_id, name, position, status, attempt, max_attempts, concurrency_key, "
-                       "timeout, output, error, started_at, finished_at, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (run_id, name, pos, status_s, attempt, 3, SESSION_KEY if name == "process" else None,
-                        3600, output, error, started, ended, engine.owner if status_s == "running" else None))
-            if row:
-                db.execute("INSERT INTO attempts(run_id, step, attempt, owner, started_at, finished_at, status, error, "
-                           "notes) VALUES (?,?,?,?,?,?,?,?,?)",
-                           (run_id, name, attempt, engine.owner, started, ended, status_s, error,
-                            json.dumps({"tokens": 1200, "cost": 0.012} if name == "process" else {})))
-                db.execute("INSERT INTO events(run_id, step, ts, event, data) VALUES (?,?,?,?,?)",
-                           (run_id, name, started, "step started", json.dumps({"attempt": attempt})))
-        ids.append(run_id)
-    db.execute("COMMIT")
+            yield {"id": f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{i:06x}",
+                   "workflow": TASK_FLOW.name, "key": key, "input": {"issue_id": key, "repo": "/bench"},
+                   "status": "failed" if failed else "succeeded", "outcome": None if failed else landed,
+                   "failed_step": "process" if failed else None,
+                   "error": "quality gates still fail" if failed else None,
+                   "created_at": created, "finished_at": t, "steps": steps}
+
+    runs = list(history())
+    engine.import_history(runs)
+    ids = [run["id"] for run in runs]
+    for i in range(finished, n):
+        ids.append(engine.submit(TaskInput(issue_id=f"{issue_prefix}-{i}", repo="/bench"))[0])
+    engine.close()
     return ids
 
 
