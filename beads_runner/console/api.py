@@ -64,10 +64,44 @@ def _malloc_trim():
 _TRIM = _malloc_trim()
 
 
+def reads_here(request: Request) -> bool:
+    """Whether reads run on the event loop's own thread: inside the daemon (`start --ui`) on the
+    embedded engine, whose reads are SQLite queries by index of milliseconds (and one at a time
+    anyway). A worker thread would cost the daemon its own glibc arena, stack and SQLite connection
+    (measured: 1.2 MB kept); it is started only for an action. `beads-runner ui` (a process of its
+    own) and Hatchet (reads over the network) read on the worker thread."""
+    st = _state(request)
+    return st.shared_engine and request.app.state.engine_kind == "local"
+
+
+async def read(request: Request, fn):
+    """A read for a page, the API or the event stream: here or on the worker thread (`reads_here`)."""
+    if reads_here(request):
+        return _trimmed(fn)
+    return await in_thread(fn)
+
+
 async def _call(fn, *args, **kwargs):
     """Run blocking engine/tracker code off the event loop; map the runner's errors to answers."""
+    return await _answered(in_thread(fn, *args, **kwargs))
+
+
+async def _read(request: Request, fn):
+    """`read`, its errors mapped to answers as `_call` maps them."""
+    return await _answered(read(request, fn))
+
+
+async def metrics(request: Request):
+    """The Charts numbers: inside the daemon from a child process, waited for without a thread."""
+    st = _state(request)
+    if st.metrics.in_child:
+        return await _answered(st.metrics.from_child(st.svc))
+    return await _call(lambda: st.metrics.get(st.engine(), st.svc))
+
+
+async def _answered(pending):
     try:
-        return await in_thread(fn, *args, **kwargs)
+        return await pending
     except UnsafeIdError as exc:
         return _error(400, exc.message, exc.fix)
     except (ValueError, TypeError) as exc:
@@ -95,7 +129,7 @@ async def api_runs(request: Request):
     except ValueError:
         return _error(400, f"before {q.get('before')!r} is not a time",
                       "give the `older` of the page before (a run's created_at, seconds since 1970)")
-    return _json(await _call(lambda: data.list_runs(st.engine(), st.svc, group=q.get("group", "all"),
+    return _json(await _read(request, lambda: data.list_runs(st.engine(), st.svc, group=q.get("group", "all"),
                                                     issue=q.get("issue") or None, limit=limit, before=before)))
 
 
@@ -106,7 +140,7 @@ async def api_run(request: Request):
         after = int(request.query_params.get("after_event", "0"))
     except ValueError:
         return _error(400, "after_event must be a number")
-    found = await _call(lambda: data.run_detail(st.engine(), st.svc, run_id, after_event=after))
+    found = await _read(request, lambda: data.run_detail(st.engine(), st.svc, run_id, after_event=after))
     if found is None:
         return _error(404, f"no run {run_id!r}", "the runs list (GET /api/runs) names the runs there are")
     return _json(found)
@@ -115,22 +149,20 @@ async def api_run(request: Request):
 async def api_issue(request: Request):
     st = _state(request)
     issue_id = request.path_params["issue_id"]
-    return _json(await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
+    return _json(await _read(request, lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
 
 
 async def api_now(request: Request):
     st = _state(request)
-    return _json(await _call(lambda: data.now_view(st.engine(), st.svc)))
+    return _json(await _read(request, lambda: data.now_view(st.engine(), st.svc)))
 
 
 async def api_metrics(request: Request):
-    st = _state(request)
-    return _json(await _call(lambda: st.metrics.get(st.engine(), st.svc)))
+    return _json(await metrics(request))
 
 
 async def prometheus_metrics(request: Request):
-    st = _state(request)
-    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
+    found = await metrics(request)
     if isinstance(found, JSONResponse):
         return found
     return PlainTextResponse(prometheus(found), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -336,3 +336,32 @@ def test_with_a_hatchet_like_engine_every_run_links_to_its_dashboard(repo):
     assert run["dashboard_url"] == f"http://hatchet.local/runs/{run['run_id']}"
     page = c.get(f"/runs/{run['run_id']}").text
     assert f'href="http://hatchet.local/runs/{run["run_id"]}"' in page and "Hatchet's dashboard" in page
+
+
+def test_inside_the_daemon_reads_stay_on_the_event_loop_and_the_charts_come_from_a_child(repo):
+    """`start --ui` on the embedded engine: no worker thread for reads (its arena, stack and SQLite
+    connection would stay in the daemon); actions still run off the loop."""
+    import threading
+
+    from beads_runner.daemon import build_engine
+
+    class Watched:
+        def __init__(self, inner):
+            self.inner, self.threads = inner, set()
+
+        def __getattr__(self, name):
+            self.threads.add(threading.current_thread().name)
+            return getattr(self.inner, name)
+
+    svc = _svc(repo)
+    engine = Watched(build_engine(svc))
+    c = TestClient(build_app(svc, engine=engine), base_url=LOOPBACK)
+    run_id = c.get("/api/runs").json()["runs"][0]["run_id"]
+    for path in ("/", "/runs", f"/runs/{run_id}", "/issues/t-ok", "/api/now", "/charts"):
+        assert c.get(path).status_code == 200, path
+    assert engine.threads and not any(name.startswith("AnyIO worker") for name in engine.threads)
+    assert "beads_runner_runs_landed 1" in c.get("/metrics").text.splitlines()
+    metrics = c.get("/api/metrics").json()
+    assert sum(d["landed"] for d in metrics["days"]) == 1 and sum(d["handed_over"] for d in metrics["days"]) == 1
+    refused = c.post("/api/issues/t-ok/cancel", json={}, headers={"Authorization": f"Bearer {_token(repo)}"})
+    assert refused.status_code == 409 and "no run in flight" in refused.json()["error"]
