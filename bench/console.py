@@ -4,13 +4,16 @@ Real components: the console's Starlette application, the embedded engine's SQLi
 queries, LocalEngine), the page templates, `status`'s run data. Stand-in: the history itself,
 imported by `seed_history` through the state's owner (`Store.import_history`: landed and handed-over
 runs with their steps, tries and events, spread over 14 days; the newest two submitted, in flight),
-since running 10,000 real sessions would take hours. Requests go through Starlette's TestClient (in process, no network).
+since running 10,000 real sessions would take hours. Latency: requests through Starlette's TestClient (in
+process, no network).
 
 Measured: p50/p95 of `GET /api/runs` (default page: the newest 50), `GET /runs` (the runs page) and
 `GET /` (Now); and the RSS the console adds to a daemon-like process: a process holding a
 LocalEngine on the history, then importing the console and serving it with uvicorn on a loopback
 port in a thread (as `start --ui` does), after answering each kind of request three times (API
-runs at 50 and at 100 a page, the runs page, Now, Charts, /metrics, a run's page).
+runs at 50 and at 100 a page, the runs page, Now, Charts, /metrics, a run's page), from a client
+process; and the same for real: `beads-runner start --ui` after that load against `beads-runner start`,
+side by side, each on its own copy of the history.
 """
 
 from __future__ import annotations
@@ -179,6 +182,69 @@ def measure_rss(repo: Path) -> dict[str, int]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def measure_daemons(root: Path, runs: int) -> tuple[int, int]:
+    """Two real runners, `beads-runner start` and `beads-runner start --ui`, each on its own copy of a
+    history of `runs` finished runs (idle: nothing to claim), the console's pages asked for (the
+    load of `measure_rss`, from this process); VmRSS (KiB) of each, read at the same moment."""
+    import shutil
+    import socket
+    import urllib.request
+
+    exe = Path(sys.executable).with_name("beads-runner")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs, logs, repos = [], [], []
+    for name in ("plain", "ui"):
+        (root / name).mkdir(parents=True)
+        repo = _make_repo(root / name)
+        (repo / ".beads").mkdir()
+        (repo / ".beads" / "issues.jsonl").write_text("")
+        subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                        "commit", "-q", "-m", "init"], check=True)
+        if not repos:
+            seed_history(repo / ".beads-runner" / "state.db", runs, running=0)
+        else:
+            shutil.copytree(repos[0] / ".beads-runner", repo / ".beads-runner", dirs_exist_ok=True)
+        repos.append(repo)
+    for name, repo, extra in (("plain", repos[0], []), ("ui", repos[1], ["--ui", "--ui-port", str(port)])):
+        logs.append(root / f"{name}.log")
+        procs.append(subprocess.Popen([str(exe), "--repo", str(repo), "start", *extra],
+                                      stdout=subprocess.DEVNULL, stderr=logs[-1].open("w")))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not all("runner started" in log.read_text() for log in logs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("a runner did not start: " + " / ".join(log.read_text()[-500:] for log in logs))
+            time.sleep(0.2)
+        while True:
+            try:
+                newest = json.loads(urllib.request.urlopen(f"{base}/api/runs?limit=1", timeout=60).read())
+                break
+            except OSError:  # not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        run_id = newest["runs"][0]["run_id"]
+        for path in ['/api/runs', '/runs', '/', '/charts', '/metrics', '/api/runs?limit=100', f'/runs/{run_id}'] * 3:
+            urllib.request.urlopen(f"{base}{path}", timeout=60).read()
+        return _rss_of(procs[0].pid), _rss_of(procs[1].pid)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
 def screenshots(out: Path, runs: int = 400) -> None:
     """docs/console-{now,runs,charts}-history.png: the console over a stand-in history, in Debian's
     chromium (Playwright with its executable path)."""
@@ -209,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--rss-rounds", type=int, default=5, help="Daemon-like processes measured (median reported).")
+    ap.add_argument("--daemon-rounds", type=int, default=3, help="Pairs of real runners measured (median reported).")
     ap.add_argument("--screenshots", type=Path, default=None, help="Only save screenshots into this directory.")
     args = ap.parse_args(argv)
     if args.screenshots:
@@ -221,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         seeded = time.perf_counter() - t0
         lat = measure_latency(repo, args.requests)
         rounds = [measure_rss(repo) for _ in range(args.rss_rounds)]
+        daemons = [measure_daemons(Path(tmp) / f"daemons-{i}", args.runs) for i in range(args.daemon_rounds)]
     print(f"history: {args.runs} runs (stand-in, seeded in {seeded:.1f} s); {args.requests} requests each, "
           f"TestClient in process; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     print("| request | p50 | p95 | target |")
@@ -239,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|   of which: imports {mb('imported'):.1f} MB, listening {mb('listening', 'imported'):.1f} MB, "
           f"first request {mb('first_request', 'listening'):.1f} MB, the rest of the load "
           f"{mb('after', 'first_request'):.1f} MB | | | |")
+    diffs = [(ui - plain) / 1024 for plain, ui in daemons]
+    print(f"| RSS of `start --ui` after the load minus `start`, real runners side by side, median of "
+          f"{len(daemons)} pairs | {statistics.median(diffs):.1f} MB (pairs: {', '.join(f'{d:.1f}' for d in diffs)}; "
+          f"`start` {statistics.median(p for p, _ in daemons) / 1024:.1f} MB) | | ≤ 5 MB |")
     return 0
 
 
