@@ -70,7 +70,8 @@ def seed_history(db_path: Path, n: int, *, running: int = 2, failed_every: int =
                             started_at=t, finished_at=t + dur,
                             error="quality gates still fail" if failing else None,
                             notes={"tokens": 1200, "cost": 0.012} if name == "process" else {},
-                            output=None if failing else {"proceed": True, "issue": {"id": key, "title": f"Bench issue {i}"}}
+                            output=None if failing else
+                            {"proceed": True, "issue": {"id": key, "title": f"Bench issue {i}"}}
                             if name == "check-deps" else landed if name == "commit" else {})
                 steps.append(step)
                 t += dur
@@ -301,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r[key] - r[base] for r in rounds) / 1024
 
     added = [(r["after"] - r["before"]) / 1024 for r in rounds]
+    before = statistics.median(r["before"] for r in rounds) / 1024
     print(f"| console RSS added to a daemon-like process, median of {len(rounds)} | {mb('after'):.1f} MB "
-          f"(rounds: {', '.join(f'{a:.1f}' for a in added)}; before {statistics.median(r['before'] for r in rounds) / 1024:.1f} MB) "
+          f"(rounds: {', '.join(f'{a:.1f}' for a in added)}; before {before:.1f} MB) "
           f"| | ≤ 5 MB |")
     print(f"|   of which: imports {mb('imported'):.1f} MB, listening {mb('listening', 'imported'):.1f} MB, "
           f"first request {mb('first_request', 'listening'):.1f} MB, the rest of the load "

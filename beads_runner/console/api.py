@@ -74,11 +74,11 @@ def reads_here(request: Request) -> bool:
     return st.shared_engine and request.app.state.engine_kind == "local"
 
 
-async def read(request: Request, fn):
+async def read(request: Request, fn, *args):
     """A read for a page, the API or the event stream: here or on the worker thread (`reads_here`)."""
     if reads_here(request):
-        return _trimmed(fn)
-    return await in_thread(fn)
+        return _trimmed(fn, *args)
+    return await in_thread(fn, *args)
 
 
 async def _call(fn, *args, **kwargs):

@@ -59,7 +59,7 @@ async def events(request: Request):
             if engine is not None:
                 if after is None:
                     after = await read(request, engine.last_event_id)
-                batch = await read(request, lambda: engine.events_since(after, 200))
+                batch = await read(request, engine.events_since, after, 200)
                 for ev in batch:
                     after = max(after, int(ev.get("id") or 0))
                     yield _frame("engine", ev, after)
@@ -68,7 +68,7 @@ async def events(request: Request):
                 if batch or now - digest_at >= DIGEST_EVERY or st.version != version:
                     version, digest_at = st.version, now
                     try:
-                        digest, state = await read(request, lambda: _digest(engine))
+                        digest, state = await read(request, _digest, engine)
                     except Exception:  # noqa: BLE001 - an engine that did not answer: try again later
                         digest, state = last_digest, None
                     if digest != last_digest and state is not None:
