@@ -46,10 +46,11 @@ def run_row(engine, svc: Services, run, now: float) -> dict[str, Any]:
 
 
 def list_runs(engine, svc: Services, *, group: str = "all", issue: str | None = None, limit: int = 50,
-              before: float | None = None, now: float | None = None) -> dict[str, Any]:
+              before: float | None = None, now: float | None = None, lazy: bool = False) -> dict[str, Any]:
     """The newest `limit` runs of a group (or of one issue) created before `before` (none: the
     newest): the engine's own query, newest first. `older` is the cursor of the next page (the
-    oldest run's created_at), None when this page is the last."""
+    oldest run's created_at), None when this page is the last. With `lazy`, `runs` is a generator:
+    each row is made as it is encoded (`api.PiecewiseJSON`), so a page's rows never all exist at once."""
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}: one of {', '.join(GROUPS)}")
     if issue is not None and not is_safe_issue_id(issue):
@@ -63,7 +64,8 @@ def list_runs(engine, svc: Services, *, group: str = "all", issue: str | None = 
         return page
     # One more than shown: whether an older page exists, without a count over the history.
     runs = engine.runs(statuses=GROUPS[group], limit=limit + 1, key=issue, before=before)
-    page["runs"] = [run_row(engine, svc, r, now) for r in runs[:limit]]
+    rows = (run_row(engine, svc, r, now) for r in runs[:limit])
+    page["runs"] = rows if lazy else list(rows)
     if len(runs) > limit:
         page["older"] = runs[limit - 1].created_at
     return page

@@ -365,3 +365,16 @@ def test_inside_the_daemon_reads_stay_on_the_event_loop_and_the_charts_come_from
     assert sum(d["landed"] for d in metrics["days"]) == 1 and sum(d["handed_over"] for d in metrics["days"]) == 1
     refused = c.post("/api/issues/t-ok/cancel", json={}, headers={"Authorization": f"Bearer {_token(repo)}"})
     assert refused.status_code == 409 and "no run in flight" in refused.json()["error"]
+
+
+def test_piecewise_json_answers_what_json_dumps_answers():
+    import json
+
+    from beads_runner.console.api import PiecewiseJSON
+
+    rows = [{"run_id": "r-1", "title": "é “quoted” \\ \n", "steps": [{"name": "process", "attempt": 2}],
+             "reason": {"code": "landed"}, "cost": 0.25, "error": None}, {"run_id": "r-2", "ok": True}]
+    page = {"runs": rows, "limit": 2, "group": "all", "before": None, "older": 1794929573.248591}
+    assert json.loads(PiecewiseJSON(page).body) == page
+    assert PiecewiseJSON({**page, "runs": (r for r in rows)}).body == PiecewiseJSON(page).body
+    assert json.loads(PiecewiseJSON([]).body) == [] and json.loads(PiecewiseJSON({}).body) == {}
