@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--rss-rounds", type=int, default=5, help="Daemon-like processes measured (median reported).")
-    ap.add_argument("--daemon-rounds", type=int, default=3, help="Pairs of real runners measured (median reported).")
+    ap.add_argument("--daemon-rounds", type=int, default=5, help="Pairs of real runners measured (median reported).")
     ap.add_argument("--screenshots", type=Path, default=None, help="Only save screenshots into this directory.")
     args = ap.parse_args(argv)
     if args.screenshots:

@@ -24,7 +24,7 @@ from beads_runner.services import Services
 HERE = Path(__file__).parent
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-READ_CACHE_KIB = 256  # SQLite page cache of the console's reading thread, in KiB (bench/console.py measures it)
+READ_CACHE_KIB = 64  # SQLite page cache of the console's reading thread, in KiB (bench/console.py measures it)
 
 
 @dataclass
