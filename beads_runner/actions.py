@@ -19,7 +19,7 @@ from beads_runner.jsonfile import JsonFile
 from beads_runner.parking import Parking
 from beads_runner.services import Services
 from beads_runner.tracker.base import NEEDS_HUMAN_LABEL
-from workflows.engine import ACTIVE, FAILED, QUEUED, RUNNING, Engine, RunView, open_engine
+from workflows.engine import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Engine, RunView, open_engine
 
 
 
@@ -106,8 +106,10 @@ def retry_issue(svc: Services, issue_id: str, *, fresh: bool = False, by: str | 
                           fix=f"wait for it, or `beads-runner cancel {issue_id}` first")
     if issue.status == "closed":
         raise RunnerError(f"{issue_id} is closed", fix="reopen it in the tracker if it needs more work")
+    # A cancelled run counts as handed over: on Hatchet nothing runs a handover for it until a
+    # `start` sweeps it (its issue stays claimed by us meanwhile), and retrying it is what was asked.
     handed = NEEDS_HUMAN_LABEL in issue.labels or issue.status == "blocked" or (
-        run is not None and run.status == FAILED)
+        run is not None and run.status in (FAILED, CANCELLED))
     if not handed:
         raise RunnerError(f"{issue_id} was not handed to a person (status {issue.status}, "
                           f"no {NEEDS_HUMAN_LABEL} label)",

@@ -123,8 +123,9 @@ class Engine(Protocol):
 
     # reading
     def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100,
-             key: str | None = None) -> list[RunView]:
-        """Runs (of these statuses, of one issue with `key`), newest first."""
+             key: str | None = None, before: float | None = None) -> list[RunView]:
+        """Runs (of these statuses, of one issue with `key`, created before the time `before`: the
+        next page after a page's oldest run), newest first."""
         ...
 
     def get_run(self, run_id: str) -> RunView | None:

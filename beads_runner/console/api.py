@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from types import GeneratorType
 from typing import Any
 
 import anyio
@@ -64,10 +65,44 @@ def _malloc_trim():
 _TRIM = _malloc_trim()
 
 
+def reads_here(request: Request) -> bool:
+    """Whether reads run on the event loop's own thread: inside the daemon (`start --ui`) on the
+    embedded engine, whose reads are SQLite queries by index of milliseconds (and one at a time
+    anyway). A worker thread would cost the daemon its own glibc arena, stack and SQLite connection
+    (measured: 1.2 MB kept); it is started only for an action. `beads-runner ui` (a process of its
+    own) and Hatchet (reads over the network) read on the worker thread."""
+    st = _state(request)
+    return st.shared_engine and request.app.state.engine_kind == "local"
+
+
+async def read(request: Request, fn, *args):
+    """A read for a page, the API or the event stream: here or on the worker thread (`reads_here`)."""
+    if reads_here(request):
+        return _trimmed(fn, *args)
+    return await in_thread(fn, *args)
+
+
 async def _call(fn, *args, **kwargs):
     """Run blocking engine/tracker code off the event loop; map the runner's errors to answers."""
+    return await _answered(in_thread(fn, *args, **kwargs))
+
+
+async def _read(request: Request, fn):
+    """`read`, its errors mapped to answers as `_call` maps them."""
+    return await _answered(read(request, fn))
+
+
+async def metrics(request: Request):
+    """The Charts numbers: inside the daemon from a child process, waited for without a thread."""
+    st = _state(request)
+    if st.metrics.in_child:
+        return await _answered(st.metrics.from_child(st.svc))
+    return await _call(lambda: st.metrics.get(st.engine(), st.svc))
+
+
+async def _answered(pending):
     try:
-        return await in_thread(fn, *args, **kwargs)
+        return await pending
     except UnsafeIdError as exc:
         return _error(400, exc.message, exc.fix)
     except (ValueError, TypeError) as exc:
@@ -79,8 +114,25 @@ async def _call(fn, *args, **kwargs):
         return _error(503 if unavailable else 409, exc.message, exc.fix)
 
 
+class PiecewiseJSON(JSONResponse):
+    """JSON encoded a run (a list item, a key's value) at a time. Python 3.11's encoder keeps every
+    token of a whole answer as its own string until the end: a page of 100 runs (150 KB) peaked at
+    1.6 MB, and the heap the daemon keeps grows to such peaks."""
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content, 2).encode("utf-8")
+
+
+def _dumps(value: Any, depth: int) -> str:
+    if depth and isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v, depth - 1)}" for k, v in value.items()) + "}"
+    if depth and isinstance(value, (list, GeneratorType)):
+        return "[" + ",".join(_dumps(v, depth - 1) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _json(value: Any) -> JSONResponse | Any:
-    return value if isinstance(value, JSONResponse) else JSONResponse(value)
+    return value if isinstance(value, JSONResponse) else PiecewiseJSON(value)
 
 
 async def api_runs(request: Request):
@@ -90,8 +142,15 @@ async def api_runs(request: Request):
         limit = int(q.get("limit", "50"))
     except ValueError:
         return _error(400, f"limit {q.get('limit')!r} is not a number", f"give 1 to {data.MAX_LIMIT}")
-    return _json(await _call(lambda: data.list_runs(st.engine(), st.svc, group=q.get("group", "all"),
-                                                    issue=q.get("issue") or None, limit=limit)))
+    try:
+        before = float(q["before"]) if q.get("before") else None
+    except ValueError:
+        return _error(400, f"before {q.get('before')!r} is not a time",
+                      "give the `older` of the page before (a run's created_at, seconds since 1970)")
+    # Encoded inside the read (its thread, its error answers), a row at a time.
+    return await _read(request, lambda: PiecewiseJSON(data.list_runs(
+        st.engine(), st.svc, group=q.get("group", "all"), issue=q.get("issue") or None, limit=limit, before=before,
+        lazy=True)))
 
 
 async def api_run(request: Request):
@@ -101,7 +160,7 @@ async def api_run(request: Request):
         after = int(request.query_params.get("after_event", "0"))
     except ValueError:
         return _error(400, "after_event must be a number")
-    found = await _call(lambda: data.run_detail(st.engine(), st.svc, run_id, after_event=after))
+    found = await _read(request, lambda: data.run_detail(st.engine(), st.svc, run_id, after_event=after))
     if found is None:
         return _error(404, f"no run {run_id!r}", "the runs list (GET /api/runs) names the runs there are")
     return _json(found)
@@ -110,22 +169,20 @@ async def api_run(request: Request):
 async def api_issue(request: Request):
     st = _state(request)
     issue_id = request.path_params["issue_id"]
-    return _json(await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
+    return _json(await _read(request, lambda: data.issue_detail(st.engine(), st.svc, issue_id)))
 
 
 async def api_now(request: Request):
     st = _state(request)
-    return _json(await _call(lambda: data.now_view(st.engine(), st.svc)))
+    return _json(await _read(request, lambda: data.now_view(st.engine(), st.svc)))
 
 
 async def api_metrics(request: Request):
-    st = _state(request)
-    return _json(await _call(lambda: st.metrics.get(st.engine(), st.svc)))
+    return _json(await metrics(request))
 
 
 async def prometheus_metrics(request: Request):
-    st = _state(request)
-    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
+    found = await metrics(request)
     if isinstance(found, JSONResponse):
         return found
     return PlainTextResponse(prometheus(found), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -24,6 +24,7 @@ from beads_runner.services import Services
 HERE = Path(__file__).parent
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+READ_CACHE_KIB = 64  # SQLite page cache of the console's reading thread, in KiB (bench/console.py measures it)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ConsoleState:
     version: int = 0  # bumped by an action, so event streams look again at once
     _engine: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _here: threading.local = field(default_factory=threading.local)
 
     def engine(self):
         """The engine, built on first use; None while the embedded engine has no database yet."""
@@ -44,6 +46,13 @@ class ConsoleState:
             with self._lock:
                 if self._engine is None:
                     self._engine = (self.engine_factory or _default_engine(self.svc))()
+        if not getattr(self._here, "small", False):
+            # The thread reading for the console (one worker, see api.in_thread) gets its own SQLite
+            # connection: keep its page cache small (measured: 2 MiB by default, most of it kept).
+            limit = getattr(self._engine, "limit_cache_here", None)
+            if limit is not None:
+                limit(READ_CACHE_KIB)
+                self._here.small = True
         return self._engine
 
     def changed(self) -> None:

@@ -46,18 +46,29 @@ def run_row(engine, svc: Services, run, now: float) -> dict[str, Any]:
 
 
 def list_runs(engine, svc: Services, *, group: str = "all", issue: str | None = None, limit: int = 50,
-              now: float | None = None) -> dict[str, Any]:
-    """The newest `limit` runs of a group (or of one issue): the engine's own query, newest first."""
+              before: float | None = None, now: float | None = None, lazy: bool = False) -> dict[str, Any]:
+    """The newest `limit` runs of a group (or of one issue) created before `before` (none: the
+    newest): the engine's own query, newest first. `older` is the cursor of the next page (the
+    oldest run's created_at), None when this page is the last. With `lazy`, `runs` is a generator:
+    each row is made as it is encoded (`api.PiecewiseJSON`), so a page's rows never all exist at once."""
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}: one of {', '.join(GROUPS)}")
     if issue is not None and not is_safe_issue_id(issue):
         raise ValueError(f"issue id {issue!r} is not a valid issue id")
     limit = max(1, min(int(limit), MAX_LIMIT))
     now = time.time() if now is None else now
+    if before is not None and not (isinstance(before, (int, float)) and before > 0):
+        raise ValueError(f"before {before!r} is not a time: give a run's created_at (the page's `older`)")
+    page = {"runs": [], "limit": limit, "group": group, "before": before, "older": None}
     if engine is None:
-        return {"runs": [], "limit": limit, "group": group}
-    runs = engine.runs(statuses=GROUPS[group], limit=limit, key=issue)
-    return {"runs": [run_row(engine, svc, r, now) for r in runs], "limit": limit, "group": group}
+        return page
+    # One more than shown: whether an older page exists, without a count over the history.
+    runs = engine.runs(statuses=GROUPS[group], limit=limit + 1, key=issue, before=before)
+    rows = (run_row(engine, svc, r, now) for r in runs[:limit])
+    page["runs"] = rows if lazy else list(rows)
+    if len(runs) > limit:
+        page["older"] = runs[limit - 1].created_at
+    return page
 
 
 def now_view(engine, svc: Services, *, recent: int = 10, handed_over: int = 30) -> dict[str, Any]:

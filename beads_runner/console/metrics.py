@@ -89,6 +89,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._at = -1e9
         self._data: dict[str, Any] | None = None
+        self._alock = None  # asyncio.Lock of from_child, made on the event loop
 
     def get(self, engine, svc: Services) -> dict[str, Any]:
         with self._lock:
@@ -97,23 +98,74 @@ class Metrics:
                 self._at = time.monotonic()
             return self._data
 
+    async def from_child(self, svc: Services) -> dict[str, Any]:
+        """`get` with `in_child`, awaited on the event loop: the child is waited for without a
+        thread (no worker thread in the daemon for it)."""
+        import asyncio
+
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            if self._data is None or time.monotonic() - self._at >= self.ttl:
+                self._data = await _in_child_async(svc)
+                self._at = time.monotonic()
+            return self._data
+
     def invalidate(self) -> None:
         self._at = -1e9
 
 
-def _in_child(svc: Services) -> dict[str, Any]:
-    import json
-    import subprocess
+CHILD_TIMEOUT = 120.0  # seconds the metrics child may take
+
+
+def _child_command(svc: Services) -> list[str]:
     import sys
+
+    return [sys.executable, "-m", "beads_runner.console.metrics", "--repo", str(svc.repo)]
+
+
+def _child_answer(returncode: int, out: str, err: str) -> dict[str, Any]:
+    import json
 
     from beads_runner.errors import RunnerError
 
-    proc = subprocess.run([sys.executable, "-m", "beads_runner.console.metrics", "--repo", str(svc.repo)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if returncode != 0:
+        last = (err.strip().splitlines() or ["no output"])[-1]
         raise RunnerError(f"the metrics could not be computed: {last}", fix="see the runner's log; try again")
-    return json.loads(proc.stdout)
+    return json.loads(out)
+
+
+def _in_child(svc: Services) -> dict[str, Any]:
+    import subprocess
+
+    proc = subprocess.run(_child_command(svc), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=CHILD_TIMEOUT, check=False)
+    return _child_answer(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def _in_child_async(svc: Services) -> dict[str, Any]:
+    """The child, its output in temporary files (no pipe to drain), polled from the event loop:
+    asyncio's own subprocess support would wait for it on a watcher thread (Python 3.11)."""
+    import asyncio
+    import subprocess
+    import tempfile
+
+    from beads_runner.errors import RunnerError
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(_child_command(svc), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RunnerError(f"the metrics took more than {CHILD_TIMEOUT:.0f} s",
+                                  fix="see the runner's log; try again")
+            await asyncio.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return _child_answer(proc.returncode, out.read().decode("utf-8", "replace"),
+                             err.read().decode("utf-8", "replace"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from beads_runner.console import data
-from beads_runner.console.api import _call
+from beads_runner.console.api import _read, metrics
 from beads_runner.console.metrics import bar_chart
 from beads_runner.run_views import _ago, _money
 
@@ -45,7 +45,7 @@ def _failed(request: Request, found) -> HTMLResponse | None:
 
 async def now_page(request: Request):
     st = request.app.state.console
-    found = await _call(lambda: data.now_view(st.engine(), st.svc))
+    found = await _read(request, lambda: data.now_view(st.engine(), st.svc))
     return _failed(request, found) or _render(request, "now.html", d=found, page="now")
 
 
@@ -57,8 +57,13 @@ async def runs_page(request: Request):
         limit = int(q.get("limit", "50"))
     except ValueError:
         limit = 50
-    found = await _call(lambda: data.list_runs(st.engine(), st.svc, group=group, issue=q.get("issue") or None,
-                                               limit=limit))
+    try:
+        before = float(q["before"]) if q.get("before") else None
+    except ValueError:
+        return _render(request, "error.html", status_code=400, error=f"before {q.get('before')!r} is not a time",
+                       fix="follow the page's “older” link (it gives a run's created_at)")
+    found = await _read(request, lambda: data.list_runs(st.engine(), st.svc, group=group, issue=q.get("issue") or None,
+                                               limit=limit, before=before))
     return _failed(request, found) or _render(request, "runs.html", d=found, groups=list(data.GROUPS),
                                               page="runs", issue=q.get("issue") or "")
 
@@ -66,7 +71,7 @@ async def runs_page(request: Request):
 async def run_page(request: Request):
     st = request.app.state.console
     run_id = request.path_params["run_id"]
-    found = await _call(lambda: data.run_detail(st.engine(), st.svc, run_id))
+    found = await _read(request, lambda: data.run_detail(st.engine(), st.svc, run_id))
     if found is None:
         return _render(request, "error.html", status_code=404, error=f"no run {run_id!r}",
                        fix="the Runs page lists the runs there are")
@@ -76,13 +81,12 @@ async def run_page(request: Request):
 async def issue_page(request: Request):
     st = request.app.state.console
     issue_id = request.path_params["issue_id"]
-    found = await _call(lambda: data.issue_detail(st.engine(), st.svc, issue_id))
+    found = await _read(request, lambda: data.issue_detail(st.engine(), st.svc, issue_id))
     return _failed(request, found) or _render(request, "issue.html", d=found, page="issues")
 
 
 async def charts_page(request: Request):
-    st = request.app.state.console
-    found = await _call(lambda: st.metrics.get(st.engine(), st.svc))
+    found = await metrics(request)
     if isinstance(found, JSONResponse):
         return _failed(request, found)
     days = found["days"]

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from beads_runner.console.api import in_thread
+from beads_runner.console.api import read
 from beads_runner.run_views import ACTIVE
 from workflows.task_flow import SESSION_KEY
 
@@ -55,11 +55,11 @@ async def events(request: Request):
         last_digest, digest_at, sent_at, version = None, 0.0, time.monotonic(), st.version
         yield "retry: 2000\n\n"
         while not await request.is_disconnected():
-            engine = await in_thread(st.engine)
+            engine = await read(request, st.engine)
             if engine is not None:
                 if after is None:
-                    after = await in_thread(engine.last_event_id)
-                batch = await in_thread(engine.events_since, after, 200)
+                    after = await read(request, engine.last_event_id)
+                batch = await read(request, engine.events_since, after, 200)
                 for ev in batch:
                     after = max(after, int(ev.get("id") or 0))
                     yield _frame("engine", ev, after)
@@ -68,7 +68,7 @@ async def events(request: Request):
                 if batch or now - digest_at >= DIGEST_EVERY or st.version != version:
                     version, digest_at = st.version, now
                     try:
-                        digest, state = await in_thread(_digest, engine)
+                        digest, state = await read(request, _digest, engine)
                     except Exception:  # noqa: BLE001 - an engine that did not answer: try again later
                         digest, state = last_digest, None
                     if digest != last_digest and state is not None:

@@ -1,6 +1,7 @@
 """The console on a real Hatchet engine (`beads-runner hatchet up`, built by `make tools`) with a real
 `beads-runner worker`: Submit through the API starts a run on Hatchet, the API and the pages show
-it with its four steps and a link to Hatchet's dashboard, and it lands."""
+it with its four steps and a link to Hatchet's dashboard, and it lands; Cancel stops a run in its
+session and Retry runs the issue again, to landing."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from tests.helpers import git, new_repo
 pytestmark = pytest.mark.e2e
 
 AGENT = textwrap.dedent("""\
-    import os, sys
+    import os, sys, time
     sys.stdin.read()
     issue = os.environ["BEADS_ISSUE_ID"]
+    # h-stuck works only once `release` exists (the test creates it after cancelling the first run)
+    while issue == "h-stuck" and not os.path.exists(os.path.join(os.path.dirname(__file__), "release")):
+        time.sleep(0.2)
     open(f"work-{issue}.txt", "w").write("done")
     print(f"wrote work-{issue}.txt")
 """)
@@ -58,6 +62,20 @@ def _settled(client: TestClient, run_id: str, timeout: float = 300.0) -> dict:
         if answer.status_code == 200 and answer.json()["status"] in ("succeeded", "failed", "cancelled"):
             return answer.json()
         assert time.monotonic() < deadline, f"run {run_id} not over in {timeout}s: {answer.text[:500]}"
+        time.sleep(0.5)
+
+
+def _step(client: TestClient, run_id: str, name: str) -> str | None:
+    answer = client.get(f"/api/runs/{run_id}")
+    if answer.status_code != 200:
+        return None
+    return next((s["status"] for s in answer.json()["steps"] if s["name"] == name), None)
+
+
+def _until(condition, what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not so in {timeout}s: {what}"
         time.sleep(0.5)
 
 
@@ -110,5 +128,26 @@ def test_submit_from_the_console_runs_on_hatchet_and_the_run_links_to_its_dashbo
         assert [r["run_id"] for r in listed] == [run_id]
         assert client.get("/api/issues/h-1").json()["explain"]["code"] == "landed"
         assert "beads_runner_sessions_cap 3" in client.get("/metrics").text
+
+        # Cancel a run in its session, then retry the issue: both through the console, on Hatchet.
+        auth = {"Authorization": f"Bearer {token}"}
+        JsonlTracker(repo).create("Work that waits", id="h-stuck")
+        answer = client.post("/api/submit", json={"issue_id": "h-stuck"}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        stuck = answer.json()["run_id"]
+        _until(lambda: _step(client, stuck, "process") == "running", "the agent's session started")
+        answer = client.post("/api/issues/h-stuck/cancel", json={}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["run_id"] == stuck
+        assert _settled(client, stuck)["status"] == "cancelled"
+        assert 'data-action="retry" data-issue="h-stuck"' in client.get(f"/runs/{stuck}").text
+        (tmp_path / "release").write_text("")
+        answer = client.post("/api/issues/h-stuck/retry", json={}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        again = answer.json()["run_id"]
+        assert again != stuck and answer.json()["previous_run"] == stuck
+        run = _settled(client, again)
+        assert run["status"] == "succeeded", (run, workers.log("w1")[-3000:])
+        assert JsonlTracker(repo).show("h-stuck").status == "closed"
     finally:
         workers.stop()

@@ -4,6 +4,8 @@ TestClient, in process) then reads and acts on that repository's state."""
 
 from __future__ import annotations
 
+import html
+import re
 import stat
 import sys
 import textwrap
@@ -93,8 +95,28 @@ def test_runs_list_names_both_runs_newest_first_with_their_phase(client):
     assert [r["issue_id"] for r in client.get("/api/runs?issue=t-ok").json()["runs"]] == ["t-ok"]
 
 
+def test_older_runs_are_paged_with_the_before_cursor_in_the_api_and_on_the_page(client):
+    newest = client.get("/api/runs").json()["runs"]
+    first = client.get("/api/runs?limit=1").json()
+    assert [r["run_id"] for r in first["runs"]] == [newest[0]["run_id"]]
+    assert first["older"] == newest[0]["created_at"]
+    second = client.get("/api/runs", params={"limit": 1, "before": repr(first["older"])}).json()
+    assert [r["run_id"] for r in second["runs"]] == [newest[1]["run_id"]]
+    assert second["older"] is None  # the last page
+    assert client.get("/api/runs", params={"before": repr(newest[-1]["created_at"])}).json()["runs"] == []
+
+    page = client.get("/runs?limit=1").text
+    link = re.search(r'<a rel="next" class="older" href="([^"]+)"', page)
+    assert link and newest[0]["run"] in page and newest[1]["run"] not in page
+    older = client.get(html.unescape(link.group(1))).text
+    assert newest[1]["run"] in older and newest[0]["run"] not in older and 'rel="next"' not in older
+
+
 def test_bad_list_parameters_are_refused_with_the_fix(client):
     assert client.get("/api/runs?limit=x").status_code == 400
+    answer = client.get("/api/runs?before=yesterday")
+    assert answer.status_code == 400 and "older" in answer.json()["fix"]
+    assert client.get("/runs?before=yesterday").status_code == 400
     answer = client.get("/api/runs?group=nonsense")
     assert answer.status_code == 400 and "unknown group" in answer.json()["error"]
     assert client.get("/api/runs?issue=../etc").status_code == 400
@@ -314,3 +336,45 @@ def test_with_a_hatchet_like_engine_every_run_links_to_its_dashboard(repo):
     assert run["dashboard_url"] == f"http://hatchet.local/runs/{run['run_id']}"
     page = c.get(f"/runs/{run['run_id']}").text
     assert f'href="http://hatchet.local/runs/{run["run_id"]}"' in page and "Hatchet's dashboard" in page
+
+
+def test_inside_the_daemon_reads_stay_on_the_event_loop_and_the_charts_come_from_a_child(repo):
+    """`start --ui` on the embedded engine: no worker thread for reads (its arena, stack and SQLite
+    connection would stay in the daemon); actions still run off the loop."""
+    import threading
+
+    from beads_runner.daemon import build_engine
+
+    class Watched:
+        def __init__(self, inner):
+            self.inner, self.threads = inner, set()
+
+        def __getattr__(self, name):
+            self.threads.add(threading.current_thread().name)
+            return getattr(self.inner, name)
+
+    svc = _svc(repo)
+    engine = Watched(build_engine(svc))
+    c = TestClient(build_app(svc, engine=engine), base_url=LOOPBACK)
+    run_id = c.get("/api/runs").json()["runs"][0]["run_id"]
+    for path in ("/", "/runs", f"/runs/{run_id}", "/issues/t-ok", "/api/now", "/charts"):
+        assert c.get(path).status_code == 200, path
+    assert engine.threads and not any(name.startswith("AnyIO worker") for name in engine.threads)
+    assert "beads_runner_runs_landed 1" in c.get("/metrics").text.splitlines()
+    metrics = c.get("/api/metrics").json()
+    assert sum(d["landed"] for d in metrics["days"]) == 1 and sum(d["handed_over"] for d in metrics["days"]) == 1
+    refused = c.post("/api/issues/t-ok/cancel", json={}, headers={"Authorization": f"Bearer {_token(repo)}"})
+    assert refused.status_code == 409 and "no run in flight" in refused.json()["error"]
+
+
+def test_piecewise_json_answers_what_json_dumps_answers():
+    import json
+
+    from beads_runner.console.api import PiecewiseJSON
+
+    rows = [{"run_id": "r-1", "title": "é “quoted” \\ \n", "steps": [{"name": "process", "attempt": 2}],
+             "reason": {"code": "landed"}, "cost": 0.25, "error": None}, {"run_id": "r-2", "ok": True}]
+    page = {"runs": rows, "limit": 2, "group": "all", "before": None, "older": 1794929573.248591}
+    assert json.loads(PiecewiseJSON(page).body) == page
+    assert PiecewiseJSON({**page, "runs": (r for r in rows)}).body == PiecewiseJSON(page).body
+    assert json.loads(PiecewiseJSON([]).body) == [] and json.loads(PiecewiseJSON({}).body) == {}

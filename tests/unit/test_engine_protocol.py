@@ -66,7 +66,7 @@ def test_a_missing_member_or_a_changed_signature_is_caught():
         def submit(self, inp, extra):  # noqa: ANN001
             return "r", True
 
-        def runs(self, statuses=None, limit=50, key=None):  # noqa: ANN001
+        def runs(self, statuses=None, limit=50, key=None, before=None):  # noqa: ANN001
             return []
 
     assert problems(Half, "get_run") == ["Half lacks get_run"]

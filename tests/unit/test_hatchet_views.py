@@ -59,7 +59,7 @@ class FakeRuns:
                 task("commit", "COMPLETED", output={"close_reason": "Landed abcd1234 on main (gates: none)"})]),
         }
 
-    def list_and(self, wanted, limit, meta):
+    def list_and(self, wanted, limit, meta, before=None):
         """What the engine's REST list answers with the AND operator."""
         return self.list(statuses=wanted, limit=limit, additional_metadata=meta).rows
 

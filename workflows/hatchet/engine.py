@@ -66,7 +66,8 @@ class HatchetRuns:
             meta[META_ISSUE] = key
         return meta
 
-    def _list(self, statuses: tuple[str, ...] | None, limit: int, key: str | None) -> list[Any]:
+    def _list(self, statuses: tuple[str, ...] | None, limit: int, key: str | None,
+              before: float | None = None) -> list[Any]:
         """This repository's runs (of one issue, with `key`), newest first.
 
         The SDK's `runs.list` sends no metadata operator, and the engine then ORs the pairs: every run
@@ -77,13 +78,13 @@ class HatchetRuns:
         wanted = [V1TaskStatus(s) for s, ours in _STATUS.items() if statuses is None or ours in statuses]
         meta = self._meta(key)
         try:
-            rows = self._list_rows(wanted, limit, meta)
+            rows = self._list_rows(wanted, limit, meta, before)
         except Exception as exc:  # noqa: BLE001
             raise HatchetUnavailable(f"could not list Hatchet runs: {exc}",
                                      fix="check that the Hatchet engine is up (docs/hatchet.md)") from exc
         return [r for r in rows if all(str((r.additional_metadata or {}).get(k)) == v for k, v in meta.items())]
 
-    def _list_rows(self, wanted: list[Any], limit: int, meta: dict[str, str]) -> list[Any]:
+    def _list_rows(self, wanted: list[Any], limit: int, meta: dict[str, str], before: float | None = None) -> list[Any]:
         """One call to the engine's REST API: runs with all of `meta` (AND), of the statuses wanted."""
         from hatchet_sdk.clients.rest.api.workflow_runs_api import WorkflowRunsApi
         from hatchet_sdk.clients.rest.models.v1_additional_metadata_operator import V1AdditionalMetadataOperator
@@ -92,6 +93,7 @@ class HatchetRuns:
             result = WorkflowRunsApi(client).v1_workflow_run_list(
                 tenant=self.hatchet.config.tenant_id, since=datetime.now(tz=UTC) - timedelta(days=6),
                 only_tasks=False, statuses=wanted, limit=limit,
+                until=datetime.fromtimestamp(before, tz=UTC) if before is not None else None,
                 additional_metadata=[f"{k}:{v}" for k, v in meta.items()],
                 additional_metadata_operator=V1AdditionalMetadataOperator.AND, include_payloads=True)
         return list(result.rows or [])
@@ -149,8 +151,11 @@ class HatchetRuns:
                        error=decode_failure(error)[0].reason if status == "failed" and error else None,
                        outcome=last if status == "succeeded" else None, steps=steps)
 
-    def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100, key: str | None = None) -> list[RunView]:
-        views = [self._summary_view(r) for r in self._list(statuses, limit, key)]
+    def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100, key: str | None = None,
+             before: float | None = None) -> list[RunView]:
+        views = [self._summary_view(r) for r in self._list(statuses, limit, key, before)]
+        if before is not None:  # the engine's `until` is a bound on its own time: check ours too
+            views = [v for v in views if v.created_at < before]
         # Active runs are few (≤ sessions + runs in flight); their steps say which hold a session.
         return [(self.get_run(v.id) or v) if v.status in _ACTIVE else v for v in views]
 

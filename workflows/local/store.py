@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from beads_runner.errors import RunnerError
-from workflows.engine import TryView
+from workflows.engine import FINISHED, TryView
 
 log = structlog.get_logger("beads_runner.engine")
 
@@ -236,6 +236,14 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def limit_cache_here(self, kib: int) -> None:
+        """Keep at most `kib` KiB of database pages cached on this thread's connection (SQLite's
+        default is 2 MiB a connection). For a reader that must stay small inside the daemon: the
+        console's worker thread, whose reads are a page of runs by index."""
+        if int(kib) < 1:
+            raise ValueError(f"cache of {kib} KiB: give 1 KiB or more")
+        self._conn().execute(f"PRAGMA cache_size = -{int(kib)}")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front, so check-then-act is atomic across processes."""
@@ -275,12 +283,61 @@ class Store:
             args.append(since)
         return [_try(r) for r in self._conn().execute(sql + " ORDER BY started_at", args).fetchall()]
 
+    def import_history(self, runs: Iterable[Mapping[str, Any]]) -> int:
+        """Record finished runs made elsewhere (a history carried over, a bench's or a test's), in
+        one transaction; returns how many. Nothing is written if any run is refused: an id already
+        here, a run not finished (succeeded, failed, cancelled: an imported run is never dispatched).
+
+        A run: `id`, `workflow`, `key`, `input` (dict), `status`, `created_at`, `finished_at`, and
+        optional `outcome` (dict), `failed_step`, `error`, `steps`. A step (in workflow order): `name`,
+        `status` (pending, succeeded, failed), `attempt`, `max_attempts`, `timeout`, and optional
+        `concurrency_key`, `output` (dict), `error`, `started_at`, `finished_at`, `notes` (dict, its
+        last try's: tokens, cost). A step that started is recorded with that one try (its last) and
+        one "step started" event."""
+        count = 0
+        with self._tx() as db:
+            for run in runs:
+                if run["status"] not in FINISHED:
+                    raise ValueError(f"run {run['id']} is {run['status']}: only finished runs "
+                                     f"({', '.join(FINISHED)}) can be imported")
+                if db.execute("SELECT 1 FROM runs WHERE id=?", (run["id"],)).fetchone():
+                    raise ValueError(f"run {run['id']} is already recorded: import each run once")
+                db.execute("INSERT INTO runs(id, workflow, key, input, status, outcome, failed_step, error, "
+                           "created_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           (run["id"], run["workflow"], run["key"], json.dumps(run["input"]), run["status"],
+                            _json_or_none(run.get("outcome")), run.get("failed_step"), run.get("error"),
+                            run["created_at"], run["finished_at"], run["finished_at"]))
+                for position, step in enumerate(run.get("steps", ())):
+                    started = step.get("started_at")
+                    db.execute("INSERT INTO steps(run_id, name, position, status, attempt, max_attempts, "
+                               "concurrency_key, timeout, output, error, started_at, finished_at) "
+                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                               (run["id"], step["name"], position, step["status"], step["attempt"],
+                                step["max_attempts"], step.get("concurrency_key"), step["timeout"],
+                                _json_or_none(step.get("output")), step.get("error"), started,
+                                step.get("finished_at")))
+                    if started is None:
+                        continue
+                    db.execute("INSERT INTO attempts(run_id, step, attempt, started_at, finished_at, status, "
+                               "error, notes) VALUES (?,?,?,?,?,?,?,?)",
+                               (run["id"], step["name"], step["attempt"], started, step.get("finished_at"),
+                                step["status"], step.get("error"), json.dumps(step.get("notes") or {})))
+                    db.execute("INSERT INTO events(run_id, step, ts, event, data) VALUES (?,?,?,?,?)",
+                               (run["id"], step["name"], started, "step started",
+                                json.dumps({"attempt": step["attempt"]})))
+                count += 1
+        return count
+
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _try(r: sqlite3.Row) -> TryView:

@@ -58,8 +58,12 @@ class Views(Store):
         row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return self._view(row) if row else None
 
-    def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100, key: str | None = None) -> list[RunView]:
+    def runs(self, statuses: tuple[str, ...] | None = None, limit: int = 100, key: str | None = None,
+             before: float | None = None) -> list[RunView]:
         sql, args = "SELECT * FROM runs WHERE workflow=?", [self.workflow.name]
+        if before is not None:
+            sql += " AND created_at < ?"
+            args.append(float(before))
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += list(statuses)
