@@ -8,6 +8,7 @@ claimed and checked before a session frees up), so claimed issues never pile up 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -287,7 +288,7 @@ class Runner:
         self.engine.start()
         self.notifier.start()
         log.info("runner started", repo=str(self.services.repo), max_sessions=self.cfg.engine.max_sessions,
-                 resumed=len(self.submitted))
+                 resumed=len(self.submitted), pid=os.getpid())
         self.notifier.emit("runner_started", reason=f"{self.services.repo}: up to "
                            f"{self.cfg.engine.max_sessions} sessions", resumed=len(self.submitted))
         failed_polls = 0

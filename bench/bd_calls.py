@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.machine import machine_facts
 from bench.report import publish, save_raw, timed, write_section
-from bench.rig import BEADS_RUNNER, PY, RESULTS, git, wait_for
+from bench.rig import BEADS_RUNNER, PY, RESULTS, git, runner_started, wait_for
 from bench.stats import percentile
 from tests.bd_backends import BdBackend, real_backend, standin_backend
 from tests.realtools import BD_HOW, bd_path
@@ -238,7 +238,7 @@ def bench_backlog(bd: BdBackend, workdir: Path, total: int, ready: int, pickups:
         daemon = subprocess.Popen([str(BEADS_RUNNER), "--repo", str(repo), "start"], env=runner_env(bd),
                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_for(lambda: b"runner started" in daemon_log.read_bytes(), 120, "the runner to start")
+            wait_for(lambda: runner_started(repo, daemon.pid), 120, "the runner to start")
             time.sleep(1.0)
             picked, rng = [], random.Random(7)
             for i in range(pickups):

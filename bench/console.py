@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from workflows.task_flow import SESSION_KEY, TASK_FLOW
+from bench.rig import runner_started
 
 STEPS = [s.name for s in TASK_FLOW.steps]
 
@@ -223,7 +224,7 @@ def measure_daemons(root: Path, runs: int) -> tuple[int, int]:
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while not all("runner started" in log.read_text() for log in logs):
+        while not all(runner_started(repo, proc.pid) for repo, proc in zip(repos, procs, strict=True)):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("a runner did not start: " + " / ".join(log.read_text()[-500:] for log in logs))
             time.sleep(0.2)

@@ -162,7 +162,7 @@ class Daemon:
     def wait_started(self, timeout: float = 60.0) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if b"runner started" in self.log.read_bytes():
+            if runner_started(self.repo, self.proc.pid):
                 return time.time()
             if self.proc.poll() is not None:
                 raise RuntimeError(f"beads-runner exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
@@ -179,6 +179,26 @@ class Daemon:
         self.t_exit = time.time()
         self._fh.close()
         return code
+
+
+def runner_started(repo: Path, pid: int) -> bool:
+    """Has the runner with this pid said "runner started" in the repository's structured log
+    (.beads-runner/logs/runner.jsonl: one JSON record per line)? Read as records, never as text."""
+    from beads_runner.logs import LOG_FILE
+
+    path = repo / ".beads-runner" / "logs" / LOG_FILE
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if record.get("event") == "runner started" and record.get("pid") == pid:
+            return True
+    return False
 
 
 def wait_for(predicate, timeout: float, what: str, tick: float = 0.02):

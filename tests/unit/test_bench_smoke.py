@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -90,3 +91,34 @@ def test_rss_of_this_process():
 def test_turnover_measures_how_long_a_freed_slot_stays_empty():
     # Two slots: (0,2) and (0,5) run; the first ends at 2, the next starts at 2.5 while one still runs.
     assert stats.turnover([(0, 2), (0, 5), (2.5, 4)], 2) == [pytest.approx(0.5)]
+
+
+def test_the_bench_knows_a_runner_started_from_its_structured_log_and_by_pid(tmp_path):
+    """The benches wait for `runner started` in .beads-runner/logs/runner.jsonl, as a record of that
+    runner (its pid), never by matching text: a line being written or another runner's record does not count."""
+    from bench.rig import runner_started
+
+    logs = tmp_path / ".beads-runner" / "logs"
+    assert not runner_started(tmp_path, 4242)  # no log yet
+    logs.mkdir(parents=True)
+    (logs / "runner.jsonl").write_text(
+        json.dumps({"event": "runner started", "pid": 1111}) + "\n"
+        + json.dumps({"event": "engine busy: runner started?", "pid": 4242}) + "\n"
+        + '{"event": "runner started", "pid": 42')  # half-written
+    assert not runner_started(tmp_path, 4242)
+    with (logs / "runner.jsonl").open("a") as fh:
+        fh.write("42}\n")
+    assert runner_started(tmp_path, 4242)
+
+
+def test_a_real_runner_logs_its_start_with_its_pid(tmp_path):
+    from bench.rig import AGENT_SCRIPT, Daemon, make_repo, tracker_env
+
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT_SCRIPT)
+    repo = make_repo(tmp_path / "repo", agent_script=script, stamps=tmp_path / "stamps")
+    daemon = Daemon(repo, tracker_env("jsonl"), tmp_path / "daemon.log").start()
+    try:
+        daemon.wait_started(timeout=120)
+    finally:
+        daemon.stop()
