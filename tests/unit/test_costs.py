@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from beads_runner import costs
-from workflows.local import SCHEMA
+from workflows.local import Store
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "opencode" / "run-success.events.ndjson"
 
@@ -59,17 +58,18 @@ def write_session(state: Path, run_id: str, attempt: int, text: str, file_time: 
     return path
 
 
-def db(state: Path) -> sqlite3.Connection:
+def record_tries(state: Path, *tries: tuple[str, str, int, float, dict]) -> None:
+    """Finished runs whose steps' last tries carry these notes: (run id, step, try, ended at, notes),
+    recorded through the state's owner as a history import (no SQL on its tables here)."""
+    runs: dict[str, dict] = {}
+    for run_id, step, attempt, at, notes in tries:
+        run = runs.setdefault(run_id, {"id": run_id, "workflow": "task-flow", "key": run_id, "input": {},
+                                       "status": "succeeded", "created_at": at - 10, "finished_at": at, "steps": []})
+        run["finished_at"] = max(run["finished_at"], at)
+        run["steps"].append({"name": step, "status": "succeeded", "attempt": attempt, "max_attempts": 3,
+                             "timeout": 60, "started_at": at - 5, "finished_at": at, "notes": notes})
     state.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(state / costs.STATE_DB, isolation_level=None)
-    conn.executescript(SCHEMA)
-    return conn
-
-
-def note(conn, run_id: str, attempt: int, at: float, step: str = "process", **notes) -> None:
-    conn.execute("INSERT INTO attempts(run_id, step, attempt, owner, started_at, finished_at, status, notes) "
-                 "VALUES (?,?,?,?,?,?,?,?)", (run_id, step, attempt, "h:1:x", at - 5, at, "succeeded",
-                                              json.dumps(notes)))
+    Store(state / costs.STATE_DB).import_history(runs.values())
 
 
 def test_a_stream_counts_each_step_on_its_own_utc_day(tmp_path):
@@ -103,18 +103,17 @@ def test_a_crashed_session_counts_what_it_finished(tmp_path):
 
 def test_notes_count_when_there_is_no_stream_and_a_session_is_never_counted_twice(tmp_path):
     state = tmp_path / "state"
-    conn = db(state)
-    # run-1 attempt 1: stream and notes (the notes say the same thing): counted once, from the stream.
+    # run-1 try 1: stream and notes (the notes say the same thing): counted once, from the stream.
     write_session(state, "run-1", 1, stream([(0.1, DAY2_EARLY), (0.2, DAY2_EARLY)]))
-    note(conn, "run-1", 1, DAY2_EARLY, session_id="ses_1", tokens=219, cost=0.3)
-    # run-2 attempt 1: a command agent, plain output only: its notes count, on the day it ended.
+    # run-2 try 1: a command agent, plain output only: its notes count, on the day it ended.
     write_session(state, "run-2", 1, "wrote work.txt\nnot json at all\n")
-    note(conn, "run-2", 1, DAY2_NOON, session_id="ses_2", tokens=1000, cost=2.0)
-    # run-3: notes only (the run directory is gone), the day before.
-    note(conn, "run-3", 1, DAY1_LATE, tokens=50, cost=4.0)
-    # Another step's notes are never a session.
-    note(conn, "run-3", 1, DAY2_NOON, step="verify", tokens=999, cost=99.0)
-    conn.close()
+    record_tries(state,
+                 ("run-1", "process", 1, DAY2_EARLY, {"session_id": "ses_1", "tokens": 219, "cost": 0.3}),
+                 ("run-2", "process", 1, DAY2_NOON, {"session_id": "ses_2", "tokens": 1000, "cost": 2.0}),
+                 # run-3: notes only (the run directory is gone), the day before.
+                 ("run-3", "process", 1, DAY1_LATE, {"tokens": 50, "cost": 4.0}),
+                 # Another step's notes are never a session.
+                 ("run-3", "verify", 1, DAY2_NOON, {"tokens": 999, "cost": 99.0}))
     by_run = {s.run_id: s for s in costs.sessions(state)}
     assert set(by_run) == {"run-1", "run-2", "run-3"}
     assert by_run["run-1"].source == "events" and by_run["run-1"].usage.cost == pytest.approx(0.3)
