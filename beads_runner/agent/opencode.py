@@ -6,7 +6,9 @@ last `step_finish` with reason "stop" (see `events.py`).
 
 Environment: the runner's own, plus `OPENCODE_PERMISSION` setting every permission class to allow
 or deny (never ask; nothing outside the worktree; see `permissions.py`), the user's own keys winning,
-plus `OPENCODE_DISABLE_AUTOUPDATE=1` unless set, plus `agent.env`, which wins over everything.
+plus `OPENCODE_DISABLE_AUTOUPDATE=1` unless set, plus `agent.env`, which wins over everything; then
+`OPENCODE_CONFIG_CONTENT` gets `"snapshot": false` unless it sets `snapshot` itself (see
+`HEADLESS_CONFIG`).
 
 Note (opencode 1.18.33): several sessions starting at once on a data directory that has never
 been used race on its database migration, and some exit 1 at once ("Failed query: CREATE TABLE");
@@ -15,6 +17,7 @@ that is reported as retryable. A data directory that has run one session is safe
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -38,11 +41,34 @@ DEFAULT_PERMISSION = HEADLESS_PERMISSION
 INSTALL_FIX = (f"run `make setup` in the beads-runner checkout, or `npm install opencode-ai@{OPENCODE_VERSION}`, "
                "or set agent.command in .beads-runner.toml")
 TITLE_MAX = 100
+# opencode config the runner adds to OPENCODE_CONFIG_CONTENT where the user's has no such key.
+# `snapshot`: opencode's own git snapshot of the worktree (a `git init` and eight `git config`s per
+# new worktree, a `git add` + `write-tree` of the whole worktree at every step, a diff summary per
+# message). It serves opencode's undo/revert and the `patch` parts, which the runner uses neither
+# of: it has the worktree and makes its own commit. Measured (bench/RESULTS.md): server-mode CPU
+# per session 0.42 -> 0.24 s in a worktree seen before, and the `git add` grows with the worktree.
+HEADLESS_CONFIG: dict[str, object] = {"snapshot": False}
 
 
 def _checkout_opencode() -> Path:
     """`node_modules/.bin/opencode` of the beads-runner checkout this package runs from."""
     return Path(beads_runner.__file__).resolve().parents[1] / "node_modules" / ".bin" / "opencode"
+
+
+def headless_config(user_value: str | None) -> str:
+    """OPENCODE_CONFIG_CONTENT: the user's JSON object with HEADLESS_CONFIG's keys added where it
+    has none (so `"snapshot": true` there keeps snapshots). opencode reads this after the global and
+    project opencode.json, so it wins over them. A value that is not a plain JSON object (opencode
+    also takes JSONC, with comments) is passed on untouched: its own parser reports any error."""
+    if not user_value or not user_value.strip():
+        return json.dumps(HEADLESS_CONFIG)
+    try:
+        config = json.loads(user_value)
+    except json.JSONDecodeError:
+        return user_value
+    if not isinstance(config, dict):
+        return user_value
+    return json.dumps({**HEADLESS_CONFIG, **config})
 
 
 class OpenCodeAgent:
@@ -95,6 +121,7 @@ class OpenCodeAgent:
         env.setdefault("OPENCODE_DISABLE_AUTOUPDATE", "1")
         env.update(self.config.env)
         env["OPENCODE_PERMISSION"] = permission_json(env.get("OPENCODE_PERMISSION"))
+        env["OPENCODE_CONFIG_CONTENT"] = headless_config(env.get("OPENCODE_CONFIG_CONTENT"))
         return env
 
     def argv(self, exe: str, request: SessionRequest) -> list[str]:

@@ -247,3 +247,17 @@ def test_opencode_env_sets_every_permission_class_and_respects_the_users_keys(mo
     monkeypatch.setenv("OPENCODE_PERMISSION", '{"edit":"deny"}')
     mine = json.loads(OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_PERMISSION"])
     assert mine["edit"] == "deny" and mine["external_directory"] == "deny"
+
+
+def test_opencode_env_turns_snapshots_off_unless_the_users_config_says(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENCODE_CONFIG_CONTENT", raising=False)
+    assert json.loads(OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_CONFIG_CONTENT"]) == {"snapshot": False}
+    users = {"model": "p/m", "provider": {"p": {"npm": "x"}}}
+    monkeypatch.setenv("OPENCODE_CONFIG_CONTENT", json.dumps(users))
+    assert json.loads(OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_CONFIG_CONTENT"]) == {
+        **users, "snapshot": False}
+    keep = OpenCodeAgent(AgentConfig(env={"OPENCODE_CONFIG_CONTENT": '{"snapshot": true}'}), tmp_path)._env()
+    assert json.loads(keep["OPENCODE_CONFIG_CONTENT"]) == {"snapshot": True}  # agent.env wins, and the user's key
+    jsonc = '{"model": "p/m", // a comment opencode accepts\n}'
+    monkeypatch.setenv("OPENCODE_CONFIG_CONTENT", jsonc)
+    assert OpenCodeAgent(AgentConfig(), tmp_path)._env()["OPENCODE_CONFIG_CONTENT"] == jsonc  # not ours to rewrite
