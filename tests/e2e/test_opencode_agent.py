@@ -233,7 +233,10 @@ def test_a_write_outside_the_worktree_is_denied_and_ends_the_session_naming_the_
     script = {"scenarios": [{"match": "escape", "rounds": [
         [{"text": "Writing outside.", "tools": [{"name": "write", "args": {"filePath": str(outside),
                                                                              "content": "escaped\n"}}]},
-         {"text": "Trying again."}],
+         # Never answered: only the runner ending the session at the refusal ends it (else the 90 s
+         # stall would, with another reason). Whether opencode sends this request before the end lands
+         # is a race on a loaded machine, so it is not counted.
+         {"text": "Trying again.", "hang": True}],
     ]}]}
     with ScriptedModelServer(script) as server:
         result = _agent(server, tmp_path).run(_request(repo, "Work on escape: write outside"))
@@ -241,4 +244,5 @@ def test_a_write_outside_the_worktree_is_denied_and_ends_the_session_naming_the_
     assert not outside.exists()  # denied, not merely asked
     assert not result.ok and not result.retryable and not result.cancelled, result
     assert "external_directory" in result.reason and "permission" in result.reason, result.reason
-    assert requests == {"escape": 1}  # ended at the refusal: the model was not asked again
+    assert "stall" not in result.reason and "timed out" not in result.reason, result.reason
+    assert requests.get("escape") in (1, 2)  # the refused turn was asked for; nothing past the hung one
