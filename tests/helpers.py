@@ -47,3 +47,22 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def command_agent_repo(path: Path, agent: Path, *, top: str = "", tracker: str = "", engine: str = "") -> Path:
+    """A git repository with an empty JSONL beads store, whose agent is the `command` agent running the
+    script `agent` with this Python (retry backoff 0.05 s). `top` goes at the top of .beads-runner.toml,
+    `tracker` and `engine` into those sections (TOML lines)."""
+    new_repo(path)
+    (path / ".gitignore").write_text(".beads-runner/\n")
+    config = top + '[tracker]\nkind = "jsonl"\n' + tracker
+    config += f'[agent]\nkind = "command"\ncommand = "{sys.executable} {agent}"\n'
+    if engine:
+        config += "[engine]\n" + engine
+    config += '[engine.retry]\nbackoff = "0.05s"\n'
+    (path / ".beads-runner.toml").write_text(config)
+    (path / ".beads").mkdir()
+    (path / ".beads" / "issues.jsonl").write_text("")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "init")
+    return path

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from beads_runner.tracker.jsonl import JsonlTracker
-from tests.helpers import git, new_repo
+from tests.helpers import command_agent_repo
 from tests.realtools import require_tool
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,25 +48,9 @@ AGENT = textwrap.dedent("""\
 
 
 def _repo(tmp: Path) -> tuple[Path, Path]:
-    repo = new_repo(tmp / "repo")
     release = tmp / "release-t-live"
     (tmp / "agent.py").write_text(AGENT.format(release=str(release)))
-    (repo / ".gitignore").write_text(".beads-runner/\n")
-    (repo / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
-        sandbox = "off"
-        [tracker]
-        kind = "jsonl"
-        poll_interval = "1s"
-        [agent]
-        kind = "command"
-        command = "{sys.executable} {tmp / 'agent.py'}"
-        [engine.retry]
-        backoff = "0.05s"
-        """))
-    (repo / ".beads").mkdir()
-    (repo / ".beads" / "issues.jsonl").write_text("")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "init")
+    repo = command_agent_repo(tmp / "repo", tmp / "agent.py", top='sandbox = "off"\n', tracker='poll_interval = "1s"\n')
     return repo, release
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import re
 import stat
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from beads_runner.console.metrics import prometheus
 from beads_runner.daemon import Runner
 from beads_runner.services import Services, register_services
 from beads_runner.tracker.jsonl import JsonlTracker
-from tests.helpers import git, new_repo
+from tests.helpers import command_agent_repo, new_repo
 
 # Lands t-ok; changes nothing for t-bad unless the prompt says it is a retry.
 AGENT = textwrap.dedent("""\
@@ -39,23 +38,8 @@ LOOPBACK = "http://127.0.0.1:8765"
 
 def _landed_and_handed_over(tmp: Path) -> Path:
     """A repository where t-ok landed and t-bad was handed to a person (three tries changed nothing)."""
-    path = tmp / "repo"
-    new_repo(path)
     (tmp / "agent.py").write_text(AGENT)
-    (path / ".gitignore").write_text(".beads-runner/\n")
-    (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
-        [tracker]
-        kind = "jsonl"
-        [agent]
-        kind = "command"
-        command = "{sys.executable} {tmp / 'agent.py'}"
-        [engine.retry]
-        backoff = "0.05s"
-        """))
-    (path / ".beads").mkdir()
-    (path / ".beads" / "issues.jsonl").write_text("")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "init")
+    path = command_agent_repo(tmp / "repo", tmp / "agent.py")
     tracker = JsonlTracker(path)
     tracker.create("Good work", id="t-ok")
     tracker.create("Impossible work", id="t-bad")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git, new_repo
+from tests.helpers import command_agent_repo, git
 from beads_runner.config import load_config
 from beads_runner.daemon import Runner
 from beads_runner.services import Services, register_services
@@ -29,24 +29,8 @@ AGENT = textwrap.dedent("""\
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    path = tmp_path / "repo"
-    new_repo(path)
     (tmp_path / "agent.py").write_text(AGENT)
-    (path / ".gitignore").write_text(".beads-runner/\n")
-    (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
-        [tracker]
-        kind = "jsonl"
-        [agent]
-        kind = "command"
-        command = "{sys.executable} {tmp_path / 'agent.py'}"
-        [engine.retry]
-        backoff = "0.05s"
-        """))
-    (path / ".beads").mkdir()
-    (path / ".beads" / "issues.jsonl").write_text("")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "init")
-    return path
+    return command_agent_repo(tmp_path / "repo", tmp_path / "agent.py")
 
 
 def run_once(repo: Path) -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 import threading
 import time
@@ -17,7 +16,7 @@ from beads_runner.daemon import ChangeWatcher, Runner
 from beads_runner.errors import ClaimConflict, RunnerError, TrackerBusy, TrackerError, TrackerUnavailable
 from beads_runner.services import Services, register_services
 from beads_runner.tracker.jsonl import JsonlTracker
-from tests.helpers import git, new_repo
+from tests.helpers import command_agent_repo
 
 AGENT = textwrap.dedent("""\
     import os, sys
@@ -28,26 +27,8 @@ AGENT = textwrap.dedent("""\
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    path = new_repo(tmp_path / "repo")
     (tmp_path / "agent.py").write_text(AGENT)
-    (path / ".gitignore").write_text(".beads-runner/\n")
-    (path / ".beads-runner.toml").write_text(textwrap.dedent(f"""\
-        [tracker]
-        kind = "jsonl"
-        [agent]
-        kind = "command"
-        command = "{sys.executable} {tmp_path / 'agent.py'}"
-        [engine]
-        max_sessions = 2
-        prefetch = 1
-        [engine.retry]
-        backoff = "0.05s"
-        """))
-    (path / ".beads").mkdir()
-    (path / ".beads" / "issues.jsonl").write_text("")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "init")
-    return path
+    return command_agent_repo(tmp_path / "repo", tmp_path / "agent.py", engine="max_sessions = 2\nprefetch = 1\n")
 
 
 class ScriptedTracker(JsonlTracker):
